@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The demo runs on SQLite + local files under ./var/demo with development settings.
+DEMO_ENV := DJANGO_DEBUG=true SIMSEARCH_DATA_DIR=$(CURDIR)/var/demo SIMSEARCH_STORAGE=local
+
+.PHONY: venv test lint demo demo-data clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+demo-data: venv
+	$(DEMO_ENV) $(PY) manage.py migrate --noinput
+	$(DEMO_ENV) $(PY) manage.py create_demo_admin
+	$(DEMO_ENV) $(PY) manage.py load_demo_catalog
+
+demo: demo-data
+	$(DEMO_ENV) $(PY) manage.py serve_demo --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf var/demo var/test

@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from catalog.forms import BulkUploadForm, ImageAdminForm
+from catalog.image_validation import read_limited
+from catalog.models import DefectType, Image, Product
+from catalog.services import UploadedImage, image_delete, images_create
+from simsearch_project.errors import ServiceError
+
+admin.site.site_header = "simsearch administration"
+admin.site.site_title = "simsearch"
+admin.site.index_title = "Catalog and index builds"
+
+
+class _NothingSaved(Exception):
+    """Raised from save_model (which cannot return a response) to abort an add cleanly."""
+
+
+def thumbnail_html(image: Image, size: int = 64) -> str:
+    if not image.file:
+        return "—"
+    return format_html(
+        '<img src="{}" loading="lazy" style="max-width:{}px;max-height:{}px;border:1px solid #ccc" alt="image {}">',
+        image.file.url,
+        size,
+        size,
+        image.pk,
+    )
+
+
+class ImageInline(admin.TabularInline):
+    model = Image
+    fields = [
+        "thumbnail",
+        "image_type",
+        "defect_type",
+        "width",
+        "height",
+        "uploaded_at",
+    ]
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+    max_num = 0
+    ordering = ["-uploaded_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        return super().get_queryset(request).select_related("defect_type")
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj: Image) -> str:
+        return thumbnail_html(obj)
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ["product_code", "product_name", "image_count", "updated_at"]
+    search_fields = ["product_code", "product_name"]
+    ordering = ["product_code"]
+    inlines = [ImageInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
+        return super().get_queryset(request).annotate(image_count=Count("images"))
+
+    @admin.display(description="Images", ordering="image_count")
+    def image_count(self, obj: Product) -> int:
+        return obj.image_count  # type: ignore[attr-defined]
+
+
+@admin.register(DefectType)
+class DefectTypeAdmin(admin.ModelAdmin):
+    list_display = ["defect_code", "defect_name_ko", "defect_name_en", "image_count"]
+    search_fields = ["defect_code", "defect_name_ko", "defect_name_en"]
+    ordering = ["defect_code"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DefectType]:
+        return super().get_queryset(request).annotate(image_count=Count("images"))
+
+    @admin.display(description="Images", ordering="image_count")
+    def image_count(self, obj: DefectType) -> int:
+        return obj.image_count  # type: ignore[attr-defined]
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    form = ImageAdminForm
+    change_list_template = "admin/catalog/image/change_list.html"
+    list_display = [
+        "id",
+        "thumbnail",
+        "image_type",
+        "product",
+        "defect_label",
+        "size_label",
+        "uploaded_at",
+    ]
+    list_display_links = ["id", "thumbnail"]
+    list_filter = ["image_type", "product", "defect_type"]
+    list_select_related = ["product", "defect_type"]
+    search_fields = [
+        "product__product_code",
+        "product__product_name",
+        "defect_type__defect_code",
+        "defect_type__defect_name_ko",
+        "defect_type__defect_name_en",
+        "sha256",
+    ]
+    autocomplete_fields = ["product", "defect_type"]
+    date_hierarchy = "uploaded_at"
+    list_per_page = 50
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Image | None = None) -> list[str]:
+        recorded = ["preview", "width", "height", "file_size", "sha256", "uploaded_at"]
+        # The file of an existing image is fixed: a different picture is a different image.
+        return ["file", *recorded] if obj else recorded
+
+    def get_fields(self, request: HttpRequest, obj: Image | None = None) -> list[str]:
+        editable = [
+            "image_type",
+            "product",
+            "defect_type",
+            "preprocessing_config",
+            "expires_at",
+        ]
+        if obj is None:
+            return ["file", *editable]
+        return [
+            "preview",
+            "file",
+            *editable,
+            "width",
+            "height",
+            "file_size",
+            "sha256",
+            "uploaded_at",
+        ]
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj: Image) -> str:
+        return thumbnail_html(obj)
+
+    @admin.display(description="Preview")
+    def preview(self, obj: Image) -> str:
+        return thumbnail_html(obj, size=320)
+
+    @admin.display(description="Defect", ordering="defect_type__defect_code")
+    def defect_label(self, obj: Image) -> str:
+        return str(obj.defect_type) if obj.defect_type else "—"
+
+    @admin.display(description="Size")
+    def size_label(self, obj: Image) -> str:
+        return f"{obj.width}×{obj.height}, {obj.file_size / 1024:.0f} KB"
+
+    def save_model(self, request: HttpRequest, obj: Image, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        upload = form.cleaned_data["file"]
+        try:
+            (created,) = images_create(
+                uploads=[
+                    UploadedImage(
+                        upload.name,
+                        read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES),
+                    )
+                ],
+                image_type=obj.image_type,
+                product=obj.product,
+                defect_type=obj.defect_type,
+                preprocessing_config=obj.preprocessing_config,
+                expires_at=obj.expires_at,
+            )
+        except ServiceError as exc:
+            raise _NothingSaved(exc.message) from exc
+        for field in Image._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(created, field.attname))
+        obj._state.adding = False
+
+    def add_view(
+        self,
+        request: HttpRequest,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except _NothingSaved as exc:
+            self.message_user(request, f"Nothing was saved: {exc}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_model(self, request: HttpRequest, obj: Image) -> None:
+        image_delete(image=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        for image in queryset:
+            image_delete(image=image)
+
+    def get_urls(self) -> list:
+        custom = [
+            path(
+                "bulk-upload/",
+                self.admin_site.admin_view(self.bulk_upload_view),
+                name="catalog_image_bulk_upload",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def bulk_upload_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            return HttpResponse("You may not add images.", status=403)
+        form = BulkUploadForm(request.POST or None, request.FILES or None, admin_site=self.admin_site)
+        if request.method == "POST" and form.is_valid():
+            try:
+                created = images_create(
+                    uploads=form.uploads(max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES),
+                    image_type=form.cleaned_data["image_type"],
+                    product=form.cleaned_data["product"],
+                    defect_type=form.cleaned_data["defect_type"],
+                )
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error("files" if field in {"file", "__all__"} else field, errors)
+            except ServiceError as exc:
+                form.add_error(None, exc.message)
+            else:
+                self.message_user(request, f"Uploaded {len(created)} images.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:catalog_image_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Bulk upload images",
+            "form": form,
+            "media": self.media + form.media,
+            "max_files": settings.SIMSEARCH_BULK_UPLOAD_MAX_FILES,
+        }
+        return TemplateResponse(request, "admin/catalog/image/bulk_upload.html", context)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import django_filters
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from catalog.image_validation import read_limited
+from catalog.models import DefectType, Image, ImageType, Product
+from catalog.selectors import image_list
+from catalog.serializers import (
+    DefectTypeSerializer,
+    ImageOutputSerializer,
+    ImageUploadSerializer,
+    ProductSerializer,
+)
+from catalog.services import UploadedImage, image_delete, images_create
+
+
+class IsStaffOrReadOnly(permissions.BasePermission):
+    """Any signed-in user reads; only staff write."""
+
+    def has_permission(self, request: Request, view: object) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        return request.method in permissions.SAFE_METHODS or bool(user.is_staff)
+
+
+class ProductViewSet(viewsets.ModelViewSet):
+    queryset = Product.objects.all()
+    serializer_class = ProductSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    search_fields = ["product_code", "product_name"]
+    filterset_fields = ["product_code"]
+    ordering_fields = ["product_code", "created_at"]
+
+
+class DefectTypeViewSet(viewsets.ModelViewSet):
+    queryset = DefectType.objects.all()
+    serializer_class = DefectTypeSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    search_fields = ["defect_code", "defect_name_ko", "defect_name_en"]
+    filterset_fields = ["defect_code"]
+    ordering_fields = ["defect_code", "created_at"]
+
+
+class ImageFilter(django_filters.FilterSet):
+    image_type = django_filters.ChoiceFilter(choices=ImageType.choices)
+    product_code = django_filters.CharFilter(field_name="product__product_code")
+    defect_code = django_filters.CharFilter(field_name="defect_type__defect_code")
+    sha256 = django_filters.CharFilter()
+
+    class Meta:
+        model = Image
+        fields = ["image_type", "product_code", "defect_code", "sha256"]
+
+
+class ImageViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Catalog images. Upload with multipart `file`, `image_type`, `product_code`, `defect_code`."""
+
+    queryset = image_list()
+    serializer_class = ImageOutputSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    filterset_class = ImageFilter
+    search_fields = [
+        "product__product_code",
+        "product__product_name",
+        "defect_type__defect_code",
+    ]
+    ordering_fields = ["uploaded_at", "id"]
+
+    @extend_schema(request=ImageUploadSerializer, responses={201: ImageOutputSerializer})
+    def create(self, request: Request) -> Response:
+        upload = ImageUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        data = upload.validated_data
+        file = data["file"]
+        (image,) = images_create(
+            uploads=[
+                UploadedImage(
+                    file.name,
+                    read_limited(file, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES),
+                )
+            ],
+            image_type=data["image_type"],
+            product=data["product_code"],
+            defect_type=data["defect_code"],
+            preprocessing_config=data["preprocessing_config"],
+        )
+        return Response(self.get_serializer(image).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Image) -> None:
+        image_delete(image=instance)

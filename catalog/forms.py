@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.core.exceptions import ValidationError
+
+from catalog.image_validation import read_limited
+from catalog.models import DefectType, Image, ImageType, Product
+from catalog.services import UploadedImage, image_inspect
+
+
+class ImageAdminForm(forms.ModelForm):
+    """Admin form for one image: the file is checked with the same rules as the API."""
+
+    class Meta:
+        model = Image
+        fields = [
+            "file",
+            "image_type",
+            "product",
+            "defect_type",
+            "preprocessing_config",
+            "expires_at",
+        ]
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data.get("file")
+        if upload is not None and hasattr(upload, "content_type"):  # a new upload, not the stored file
+            data = read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES)
+            try:
+                image_inspect(data=data)
+            except ValidationError as exc:
+                raise ValidationError(exc.message_dict["file"]) from None
+            upload.seek(0)
+        return upload
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleImageField(forms.FileField):
+    widget = MultipleFileInput
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        files = data if isinstance(data, (list, tuple)) else [data] if data else []
+        if not files:
+            raise ValidationError("Choose at least one image file.")
+        return [super(MultipleImageField, self).clean(f, initial) for f in files]
+
+
+class BulkUploadForm(forms.Form):
+    """Many image files at once, all for one product, image type and defect type."""
+
+    image_type = forms.ChoiceField(
+        choices=[
+            (ImageType.DEFECT, "Defective part"),
+            (ImageType.NORMAL, "Normal part"),
+        ]
+    )
+    product = forms.ModelChoiceField(queryset=Product.objects.all())
+    defect_type = forms.ModelChoiceField(
+        queryset=DefectType.objects.all(),
+        required=False,
+        help_text="Required for defect images; leave empty for normal images.",
+    )
+    files = MultipleImageField(help_text="Select many files at once (JPEG, PNG, BMP, TIFF, WEBP).")
+
+    def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields["product"].widget = AutocompleteSelect(Image._meta.get_field("product"), admin_site)
+        self.fields["defect_type"].widget = AutocompleteSelect(Image._meta.get_field("defect_type"), admin_site)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        image_type, defect_type = cleaned.get("image_type"), cleaned.get("defect_type")
+        if image_type == ImageType.DEFECT and defect_type is None:
+            self.add_error("defect_type", "A defect image needs a defect type.")
+        if image_type == ImageType.NORMAL and defect_type is not None:
+            self.add_error("defect_type", "A normal image must not have a defect type.")
+        return cleaned
+
+    def uploads(self, *, max_bytes: int) -> list[UploadedImage]:
+        return [
+            UploadedImage(name=f.name, data=read_limited(f, max_bytes=max_bytes)) for f in self.cleaned_data["files"]
+        ]

@@ -1,0 +1,113 @@
+"""Checks that uploaded bytes are a real image we accept. Django-free, so it is easy to test."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+# Pillow format name -> file extension we store it under.
+ALLOWED_FORMATS: dict[str, str] = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "BMP": "bmp",
+    "TIFF": "tif",
+    "WEBP": "webp",
+}
+
+
+class InvalidImage(ValueError):
+    """The bytes are not an image we accept; `code` is machine-readable, str() is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    extension: str
+    width: int
+    height: int
+    file_size: int
+    sha256: str
+
+
+def _limit_text(n_bytes: int) -> str:
+    return f"{n_bytes / (1024 * 1024):.1f} MB" if n_bytes >= 1024 * 1024 else f"{n_bytes} bytes"
+
+
+def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Decode `data` completely and describe it, or raise InvalidImage saying what is wrong."""
+    if not data:
+        raise InvalidImage("empty", "The file is empty.")
+    if len(data) > max_bytes:
+        raise InvalidImage(
+            "too_large",
+            f"The file is {_limit_text(len(data))}; the limit is {_limit_text(max_bytes)}.",
+        )
+    allowed = ", ".join(ALLOWED_FORMATS)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice its limit; treat that as a bomb too.
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as img:
+                image_format = img.format or ""
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise InvalidImage(
+                        "too_many_pixels",
+                        f"The image is {width}x{height} pixels ({width * height:,}); "
+                        f"the limit is {max_pixels:,} pixels.",
+                    )
+                img.verify()
+            # verify() leaves the image unusable and misses truncated pixel data: decode fully.
+            with PILImage.open(io.BytesIO(data), formats=[image_format]) as img:
+                img.load()
+    except InvalidImage:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        raise InvalidImage(
+            "decompression_bomb",
+            "The image declares far more pixels than it could reasonably hold.",
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            "not_an_image",
+            f"The file is not an image in an accepted format ({allowed}).",
+        ) from None
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        TypeError,
+        MemoryError,
+    ) as exc:
+        raise InvalidImage("corrupt", f"The image could not be decoded (truncated or corrupt): {exc}") from None
+    if image_format not in ALLOWED_FORMATS:
+        raise InvalidImage(
+            "format_not_allowed",
+            f"Format {image_format or 'unknown'} is not accepted ({allowed}).",
+        )
+    return ImageInfo(
+        format=image_format,
+        extension=ALLOWED_FORMATS[image_format],
+        width=width,
+        height=height,
+        file_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def read_limited(stream: io.IOBase, *, max_bytes: int) -> bytes:
+    """Read at most max_bytes + 1 bytes, so an oversized upload is detected without reading it all."""
+    if hasattr(stream, "seek"):
+        stream.seek(0)
+    return stream.read(max_bytes + 1)

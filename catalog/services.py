@@ -1,0 +1,174 @@
+"""Functions that write catalog data. Keyword-only, transactional; they raise ValidationError
+or a project error, never HTTP objects."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes
+from catalog.models import DefectType, Image, ImageType, Product
+from simsearch_project.errors import StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UploadedImage:
+    """Bytes of one uploaded file and the name the client gave it (used in messages only)."""
+
+    name: str
+    data: bytes
+
+
+def image_inspect(*, data: bytes) -> ImageInfo:
+    """Validate upload bytes against the configured limits; ValidationError on `file` if bad."""
+    try:
+        return inspect_image_bytes(
+            data,
+            max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES,
+            max_pixels=settings.SIMSEARCH_MAX_IMAGE_PIXELS,
+        )
+    except InvalidImage as exc:
+        raise ValidationError({"file": [ValidationError(str(exc), code=exc.code)]}) from None
+
+
+def _check_labels(*, image_type: str, defect_type: DefectType | None) -> None:
+    if image_type not in ImageType.values:
+        raise ValidationError(
+            {"image_type": [f"Unknown image type {image_type!r}; use one of {', '.join(ImageType.values)}."]}
+        )
+    if image_type == ImageType.DEFECT and defect_type is None:
+        raise ValidationError({"defect_type": ["A defect image needs a defect type."]})
+    if image_type == ImageType.NORMAL and defect_type is not None:
+        raise ValidationError({"defect_type": ["A normal image must not have a defect type."]})
+
+
+def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
+    try:
+        # The name only carries the extension; upload_to generates the object key.
+        image.file.save(f"upload.{info.extension}", ContentFile(data), save=False)
+    except Exception as exc:  # storage backends raise OSError, botocore errors, ...
+        logger.exception("Writing an image to storage failed")
+        raise StorageUnavailable(f"The image could not be written to storage: {exc}") from exc
+
+
+def _build(
+    *,
+    info: ImageInfo,
+    image_type: str,
+    product: Product,
+    defect_type: DefectType | None,
+    preprocessing_config: dict | None,
+    expires_at: datetime | None,
+) -> Image:
+    return Image(
+        image_type=image_type,
+        product=product,
+        defect_type=defect_type,
+        width=info.width,
+        height=info.height,
+        file_size=info.file_size,
+        sha256=info.sha256,
+        preprocessing_config=preprocessing_config or {},
+        expires_at=expires_at,
+    )
+
+
+def images_create(
+    *,
+    uploads: Sequence[UploadedImage],
+    image_type: str,
+    product: Product,
+    defect_type: DefectType | None = None,
+    preprocessing_config: dict | None = None,
+    expires_at: datetime | None = None,
+) -> list[Image]:
+    """Create one Image per upload, all or nothing: every file is validated before anything
+    is written, and files already stored are removed again if a later step fails."""
+    _check_labels(image_type=image_type, defect_type=defect_type)
+    if not uploads:
+        raise ValidationError({"file": ["No file was uploaded."]})
+    infos: list[ImageInfo] = []
+    problems: list[str] = []
+    for upload in uploads:
+        try:
+            infos.append(image_inspect(data=upload.data))
+        except ValidationError as exc:
+            message = " ".join(exc.message_dict["file"])
+            problems.append(f"{upload.name}: {message}" if len(uploads) > 1 else message)
+    if problems:
+        raise ValidationError({"file": problems})
+
+    images = [
+        _build(
+            info=info,
+            image_type=image_type,
+            product=product,
+            defect_type=defect_type,
+            preprocessing_config=preprocessing_config,
+            expires_at=expires_at,
+        )
+        for info in infos
+    ]
+    # All rows share their labels, so validating one checks the references and constraints.
+    images[0].full_clean(exclude=["file"])
+    stored: list[Image] = []
+    try:
+        for image, info, upload in zip(images, infos, uploads, strict=True):
+            _store(image=image, info=info, data=upload.data)
+            stored.append(image)
+        with transaction.atomic():
+            for image in images:
+                image.save()
+    except Exception:
+        for image in stored:
+            image.file.delete(save=False)
+        raise
+    return images
+
+
+def image_create(
+    *,
+    data: bytes,
+    image_type: str,
+    product: Product,
+    defect_type: DefectType | None = None,
+    preprocessing_config: dict | None = None,
+    expires_at: datetime | None = None,
+    name: str = "upload",
+) -> Image:
+    """Validate, store and record one image."""
+    (image,) = images_create(
+        uploads=[UploadedImage(name=name, data=data)],
+        image_type=image_type,
+        product=product,
+        defect_type=defect_type,
+        preprocessing_config=preprocessing_config,
+        expires_at=expires_at,
+    )
+    return image
+
+
+def image_delete(*, image: Image) -> None:
+    """Delete the row, then the stored file once the deletion is committed."""
+    file_name = image.file.name
+    storage = image.file.storage
+    with transaction.atomic():
+        image.delete()
+        transaction.on_commit(lambda: _delete_file_quietly(storage=storage, name=file_name))
+
+
+def _delete_file_quietly(*, storage, name: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        storage.delete(name)
+    except Exception:
+        # The row is gone; a leftover object costs only space and is logged for cleanup.
+        logger.exception("Could not delete %s from storage", name)

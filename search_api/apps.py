@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SearchApiConfig(AppConfig):
+    name = "search_api"
+    verbose_name = "Search API"

@@ -1,0 +1,81 @@
+"""HTTP glue shared by every API: one exception handler and JSON error pages under /api/."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError, RestrictedError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from simsearch_project.errors import ServiceError
+
+
+class UTF8JSONRenderer(JSONRenderer):
+    """JSON with non-ASCII text (Korean defect names) written as UTF-8, not \\u escapes."""
+
+    ensure_ascii = False
+    charset = "utf-8"
+
+
+def _django_validation_payload(exc: DjangoValidationError) -> dict[str, Any]:
+    if hasattr(exc, "error_dict"):
+        errors = {field: [str(m) for e in errs for m in e.messages] for field, errs in exc.error_dict.items()}
+        first = next(iter(errors.values()), ["Invalid input."])
+        return {"detail": first[0], "errors": errors}
+    return {
+        "detail": " ".join(exc.messages),
+        "errors": {"non_field_errors": exc.messages},
+    }
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DjangoValidationError):
+        return Response(_django_validation_payload(exc), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ServiceError):
+        return Response({"detail": exc.message, "code": exc.code}, status=exc.status_code)
+    if isinstance(exc, (ProtectedError, RestrictedError)):
+        return Response(
+            {
+                "detail": "This object is still referenced by other records; remove those first.",
+                "code": "protected",
+            },
+            status=status.HTTP_409_CONFLICT,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.ValidationError) and isinstance(response.data, dict):
+        if "detail" not in response.data:
+            first = next(iter(response.data.values()), None)
+            message = first[0] if isinstance(first, list) and first else str(first)
+            response.data = {"detail": str(message), "errors": response.data}
+    elif response is not None and isinstance(exc, exceptions.ValidationError) and isinstance(response.data, list):
+        response.data = {
+            "detail": " ".join(str(m) for m in response.data),
+            "errors": response.data,
+        }
+    return response
+
+
+def _json_under_api(
+    status_code: int, message: str, default_view: Callable[..., HttpResponse]
+) -> Callable[..., HttpResponse]:
+    """An error view that answers JSON for /api/ paths and Django's own page elsewhere."""
+
+    def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            return JsonResponse({"detail": message}, status=status_code)
+        return default_view(request, *args, **kwargs)
+
+    return view
+
+
+bad_request = _json_under_api(400, "Bad request.", defaults.bad_request)
+permission_denied = _json_under_api(403, "Permission denied.", defaults.permission_denied)
+page_not_found = _json_under_api(404, "Not found.", defaults.page_not_found)
+server_error = _json_under_api(500, "Internal server error.", defaults.server_error)

@@ -1,0 +1,27 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from django.views.static import serve
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include("catalog.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema"),
+        name="swagger-ui",
+    ),
+]
+
+if settings.SIMSEARCH_STORAGE == "local":
+    # Local storage has no server of its own; S3 deployments hand out presigned links instead.
+    urlpatterns += [
+        re_path(r"^media/(?P<path>.*)$", lambda request, path: serve(request, path, settings.MEDIA_ROOT)),
+    ]
+
+handler400 = "simsearch_project.api_errors.bad_request"
+handler403 = "simsearch_project.api_errors.permission_denied"
+handler404 = "simsearch_project.api_errors.page_not_found"
+handler500 = "simsearch_project.api_errors.server_error"

