@@ -72,8 +72,10 @@ class BulkUploadForm(forms.Form):
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields["product"].widget = AutocompleteSelect(Image._meta.get_field("product"), admin_site)
-        self.fields["defect_type"].widget = AutocompleteSelect(Image._meta.get_field("defect_type"), admin_site)
+        for name in ("product", "defect_type"):
+            field = self.fields[name]
+            field.widget = AutocompleteSelect(Image._meta.get_field(name), admin_site)
+            field.queryset = field.queryset  # binds the new widget's choices
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

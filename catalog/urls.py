@@ -1,9 +1,7 @@
-from rest_framework.routers import DefaultRouter
-
 from catalog.apis import DefectTypeViewSet, ImageViewSet, ProductViewSet
+from simsearch_project.routers import OptionalSlashRouter
 
-# Paths answer with and without the trailing slash (clients of the old service omit it).
-router = DefaultRouter(trailing_slash="/?")
+router = OptionalSlashRouter()
 router.register("products", ProductViewSet, basename="product")
 router.register("defect-types", DefectTypeViewSet, basename="defect-type")
 router.register("images", ImageViewSet, basename="image")

@@ -21,7 +21,7 @@ if settings.SIMSEARCH_STORAGE == "local":
         re_path(r"^media/(?P<path>.*)$", lambda request, path: serve(request, path, settings.MEDIA_ROOT)),
     ]
 
-handler400 = "simsearch_project.api_errors.bad_request"
-handler403 = "simsearch_project.api_errors.permission_denied"
-handler404 = "simsearch_project.api_errors.page_not_found"
-handler500 = "simsearch_project.api_errors.server_error"
+handler400 = "simsearch_project.api.bad_request"
+handler403 = "simsearch_project.api.permission_denied"
+handler404 = "simsearch_project.api.page_not_found"
+handler500 = "simsearch_project.api.server_error"

@@ -192,7 +192,9 @@ def scratch(db) -> DefectType:
 
 @pytest.fixture
 def staff_user(django_user_model):  # type: ignore[no-untyped-def]
-    return django_user_model.objects.create_user("inspector-lead", password="pw-staff-123", is_staff=True, is_superuser=True)
+    return django_user_model.objects.create_user(
+        "inspector-lead", password="pw-staff-123", is_staff=True, is_superuser=True
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""HTTP glue shared by every API: one exception handler and JSON error pages under /api/."""
+"""HTTP glue shared by every API: renderer, pagination, one exception handler and JSON error
+pages under /api/."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, status
+from rest_framework import exceptions, pagination, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from simsearch_project.errors import ServiceError
+
+
+class PageNumberPagination(pagination.PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 500
 
 
 class UTF8JSONRenderer(JSONRenderer):
