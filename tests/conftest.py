@@ -139,7 +139,9 @@ def start_seaweedfs(data_dir: Path, bucket: str) -> S3Server:
         except Exception:
             if time.monotonic() > deadline:
                 process.terminate()
-                raise RuntimeError(f"SeaweedFS did not serve bucket {bucket} in 60 s; see {data_dir / 'weed.log'}")
+                raise RuntimeError(
+                    f"SeaweedFS did not serve bucket {bucket} in 60 s; see {data_dir / 'weed.log'}"
+                ) from None
             time.sleep(0.3)
 
 
