@@ -1,12 +1,16 @@
 """Settings for the test suite: production settings (DEBUG off) with test-only defaults."""
 
 import os
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production-0123456789abcdef")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
 os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "false")
 os.environ.setdefault("DJANGO_SECURE_COOKIES", "false")
+# A queue of its own, so a qcluster started by a test never takes work from (or gives work to)
+# a demo or production cluster on the same broker.
+os.environ.setdefault("SIMSEARCH_QUEUE_NAME", f"simsearch-test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("SIMSEARCH_DATA_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))
 
 from .settings import *  # noqa: E402,F403

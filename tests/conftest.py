@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -177,6 +178,54 @@ def any_storage(request: pytest.FixtureRequest, settings) -> str:
     if request.param == "s3":
         request.getfixturevalue("s3_storage")
     return request.param
+
+
+# --- qcluster (a real worker process) ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the database this test run uses, for processes the tests start."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "simsearch_project.test_settings",
+        "DATABASE_URL": test_database_url(),
+        **extra,
+    }
+
+
+@pytest.fixture
+def qcluster(transactional_db, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A real `manage.py qcluster` process on the configured broker (ORM, or Redis with REDIS_URL)."""
+    log_path = tmp_path / "qcluster.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [os.sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=server_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_process(process, timeout=20)
+        print(log_path.read_text(errors="replace")[-3000:])
 
 
 # --- Catalog and users -------------------------------------------------------------------

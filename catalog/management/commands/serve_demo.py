@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run the web server and a django-q2 qcluster beside it until Ctrl-C (used by `make demo`)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", default="8000")
+
+    def handle(self, *args: Any, host: str, port: str, **options: Any) -> None:
+        base = f"http://{host}:{port}"
+        # Stop the same way on SIGTERM as on Ctrl-C, so the qcluster never outlives the demo.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        qcluster = subprocess.Popen([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "simsearch demo is starting (Ctrl-C stops the web server and the task queue).",
+                    f"  Admin:    {base}/admin/   (user admin, password admin)",
+                    f"  API:      {base}/api/",
+                    f"  API docs: {base}/api/docs/",
+                    f"  Data:     {settings.DATA_DIR}",
+                    "",
+                ]
+            )
+        )
+        try:
+            call_command("runserver", f"{host}:{port}", use_reloader=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if qcluster.poll() is None:
+                qcluster.terminate()
+                try:
+                    qcluster.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    qcluster.kill()
+            self.stdout.write("Stopped the web server and the task queue.")

@@ -1,0 +1,68 @@
+"""Settings come from the environment; production settings refuse to run unsafely."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SIMSEARCH_", "AWS_"))}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "simsearch_project.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    result = manage("check", env={"SIMSEARCH_DATA_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_debug_is_off_unless_set(tmp_path: Path) -> None:
+    script = "from django.conf import settings; print(settings.DEBUG)"
+    result = manage("shell", "-c", script, env={"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_SECRET_KEY": "x" * 60})
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+
+
+def test_check_deploy_passes_with_production_like_settings(tmp_path: Path, seaweedfs) -> None:
+    env = {
+        "SIMSEARCH_DATA_DIR": str(tmp_path),
+        "DJANGO_SECRET_KEY": "a-long-random-production-secret-" + "k3y" * 20,
+        "DJANGO_ALLOWED_HOSTS": "simsearch.plant.example",
+        "SIMSEARCH_STORAGE": "s3",
+        "AWS_STORAGE_BUCKET_NAME": seaweedfs.bucket,
+        "AWS_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
+        "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
+    }
+    if os.environ.get("DATABASE_URL"):
+        env["DATABASE_URL"] = os.environ["DATABASE_URL"]
+    if os.environ.get("REDIS_URL"):
+        env["REDIS_URL"] = os.environ["REDIS_URL"]
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_s3_storage_without_credentials_is_a_clear_error(tmp_path: Path) -> None:
+    result = manage(
+        "check", env={"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_DEBUG": "true", "SIMSEARCH_STORAGE": "s3"}
+    )
+    assert result.returncode != 0
+    assert "AWS_STORAGE_BUCKET_NAME" in result.stderr
+
+
+def test_unknown_storage_and_bad_booleans_are_rejected(tmp_path: Path) -> None:
+    base = {"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_DEBUG": "true"}
+    assert "SIMSEARCH_STORAGE" in manage("check", env={**base, "SIMSEARCH_STORAGE": "ftp"}).stderr
+    assert "DJANGO_DEBUG" in manage("check", env={**base, "DJANGO_DEBUG": "maybe"}).stderr
