@@ -15,6 +15,7 @@ from catalog.forms import BulkUploadForm, ImageAdminForm
 from catalog.image_validation import read_limited
 from catalog.models import DefectType, Image, Product
 from catalog.services import UploadedImage, image_delete, images_create
+from indexing.admin import REBUILD_ACTIONS
 from simsearch_project.errors import ServiceError
 
 admin.site.site_header = "simsearch administration"
@@ -119,6 +120,21 @@ class ImageAdmin(admin.ModelAdmin):
     autocomplete_fields = ["product", "defect_type"]
     date_hierarchy = "uploaded_at"
     list_per_page = 50
+    actions = [*REBUILD_ACTIONS]
+
+    def has_rebuild_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("indexing.add_indexbuild")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # Rebuild actions act on whole galleries: let them run without a selection.
+        if request.method == "POST" and request.POST.get("action", "").startswith("rebuild_"):
+            if not request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME):
+                post = request.POST.copy()
+                post.setlist(
+                    admin.helpers.ACTION_CHECKBOX_NAME, [str(i) for i in Image.objects.values_list("pk", flat=True)[:1]]
+                )
+                request.POST = post  # type: ignore[assignment]
+        return super().changelist_view(request, extra_context)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Image | None = None) -> list[str]:
         recorded = ["preview", "width", "height", "file_size", "sha256", "uploaded_at"]

@@ -186,6 +186,23 @@ DATA_UPLOAD_MAX_NUMBER_FILES = SIMSEARCH_BULK_UPLOAD_MAX_FILES
 # Uploads above this size spool to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+# --- Embeddings and indexes ---------------------------------------------------------------
+SIMSEARCH_MODEL = env_str("SIMSEARCH_MODEL", "ViT-B-32")
+SIMSEARCH_PRETRAINED = env_str("SIMSEARCH_PRETRAINED", "laion2b_s34b_b79k")
+SIMSEARCH_DEVICE = env_str("SIMSEARCH_DEVICE", "auto")  # auto | cpu | cuda
+# torch threads per process; 0 = torch's default (all cores). Keep workers x threads <= cores.
+SIMSEARCH_TORCH_THREADS = env_int("SIMSEARCH_TORCH_THREADS", 0)
+SIMSEARCH_EMBED_BATCH_SIZE = env_int("SIMSEARCH_EMBED_BATCH_SIZE", 32)
+SIMSEARCH_INDEX_PREFIX = env_str("SIMSEARCH_INDEX_PREFIX", "index-builds")
+SIMSEARCH_INDEX_CACHE_DIR = DATA_DIR / "index_cache"
+# A running build whose worker has not reported progress for this long is marked failed.
+SIMSEARCH_BUILD_STALE_SECONDS = env_int("SIMSEARCH_BUILD_STALE_SECONDS", 600)
+# How often a serving process checks for a newly activated build.
+SIMSEARCH_INDEX_POLL_SECONDS = float(env_str("SIMSEARCH_INDEX_POLL_SECONDS", "2"))
+SIMSEARCH_REBUILD_ON_STARTUP = env_bool("SIMSEARCH_REBUILD_ON_STARTUP", False)
+USE_INDEX_V2 = env_bool("USE_INDEX_V2", True)
+INDEX_DIR_V1 = env_str("INDEX_DIR_V1")
+
 # --- Cache, queue -------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -277,5 +294,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
+    # open_clip logs chatty INFO lines on the root logger; the project's own loggers stay at INFO.
+    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
+    "loggers": {
+        name: {"level": env_str("SIMSEARCH_LOG_LEVEL", "INFO")}
+        for name in ("catalog", "indexing", "search_api", "django_q", "django.request")
+    },
 }

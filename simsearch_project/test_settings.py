@@ -11,6 +11,10 @@ os.environ.setdefault("DJANGO_SECURE_COOKIES", "false")
 # A queue of its own, so a qcluster started by a test never takes work from (or gives work to)
 # a demo or production cluster on the same broker.
 os.environ.setdefault("SIMSEARCH_QUEUE_NAME", f"simsearch-test-{uuid.uuid4().hex[:8]}")
+# Real open_clip code with the tiny shipped architecture and random weights; never the hub.
+os.environ.setdefault("SIMSEARCH_MODEL", "simsearch-tiny")
+os.environ.setdefault("SIMSEARCH_PRETRAINED", "untrained")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SIMSEARCH_DATA_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))
 
 from .settings import *  # noqa: E402,F403

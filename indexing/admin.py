@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild
+from indexing.selectors import serving_engine
+from indexing.services import builds_fail_stale, index_build_activate, index_build_request
+from simsearch_project.errors import ServiceError
+
+UNTRAINED_WARNING = "untrained weights — similarity is not meaningful; demo/test only"
+
+
+def request_rebuild(request: HttpRequest, index_type: str) -> list[IndexBuild]:
+    """Queue a rebuild from the admin and tell the user what happened."""
+    if not request.user.has_perm("indexing.add_indexbuild"):
+        raise PermissionDenied
+    try:
+        builds = index_build_request(
+            index_type=index_type, engine=serving_engine(settings.USE_INDEX_V2), requested_by=request.user
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return []
+    summary = ", ".join(f"{b.image_type} (build {b.pk}, {b.status})" for b in builds)
+    messages.success(request, f"Rebuild queued: {summary}. Progress is shown on the index builds page.")
+    if settings.SIMSEARCH_PRETRAINED == "untrained":
+        messages.warning(request, f"This server runs on {UNTRAINED_WARNING}.")
+    return builds
+
+
+def _rebuild_action(index_type: str, label: str):  # type: ignore[no-untyped-def]
+    @admin.action(description=label, permissions=["rebuild"])
+    def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        request_rebuild(request, index_type)
+        return HttpResponseRedirect(reverse("admin:indexing_indexbuild_changelist"))
+
+    action.__name__ = f"rebuild_{index_type}_index"
+    return action
+
+
+# Offered on the image changelist; they rebuild whole galleries, so no selection is needed.
+REBUILD_ACTIONS = [
+    _rebuild_action("defect", "Rebuild defect index"),
+    _rebuild_action("normal", "Rebuild normal index"),
+    _rebuild_action("all", "Rebuild all indexes"),
+]
+
+
+def progress_bar(build: IndexBuild) -> str:
+    total = build.progress_total
+    done = build.progress_done if build.status != BuildStatus.READY else total
+    text = f"{done}/{total}" if total else ("queued" if build.status == BuildStatus.QUEUED else "—")
+    return format_html(
+        '<progress class="build-progress" data-build="{}" value="{}" max="{}" style="width:120px"></progress> '
+        '<span class="build-progress-text" data-build="{}">{}</span>',
+        build.pk,
+        done,
+        max(total, 1),
+        build.pk,
+        text,
+    )
+
+
+@admin.register(IndexBuild)
+class IndexBuildAdmin(admin.ModelAdmin):
+    change_list_template = "admin/indexing/indexbuild/change_list.html"
+    list_display = [
+        "id",
+        "image_type",
+        "engine",
+        "status_label",
+        "progress",
+        "vector_count",
+        "embedded_count",
+        "reused_count",
+        "missing_count",
+        "duration",
+        "model_label",
+        "is_active",
+        "error_short",
+        "created_at",
+    ]
+    list_filter = ["status", "image_type", "engine", "is_active", "is_untrained"]
+    list_select_related = ["requested_by"]
+    actions = ["activate_builds"]
+    readonly_fields = [f.name for f in IndexBuild._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: IndexBuild | None = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: IndexBuild | None = None) -> bool:
+        return False  # old ready builds are the rollback history
+
+    def has_rebuild_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("indexing.add_indexbuild")
+
+    def has_activate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("indexing.change_indexbuild")
+
+    @admin.display(description="Status", ordering="status")
+    def status_label(self, obj: IndexBuild) -> str:
+        colours = {"queued": "#777", "running": "#1a6fb0", "ready": "#2a7d2a", "failed": "#b02a2a"}
+        return format_html(
+            '<strong class="build-status" data-build="{}" style="color:{}">{}</strong>',
+            obj.pk,
+            colours[obj.status],
+            obj.get_status_display(),
+        )
+
+    @admin.display(description="Progress")
+    def progress(self, obj: IndexBuild) -> str:
+        return progress_bar(obj)
+
+    @admin.display(description="Duration")
+    def duration(self, obj: IndexBuild) -> str:
+        seconds = obj.duration_seconds
+        return "—" if seconds is None else f"{seconds:.1f} s"
+
+    @admin.display(description="Model", ordering="model_name")
+    def model_label(self, obj: IndexBuild) -> str:
+        if obj.is_untrained or obj.pretrained == "untrained":
+            return format_html(
+                '{} <span style="color:#b02a2a;font-weight:bold" title="{}">⚠ untrained weights</span>',
+                obj.model_name,
+                UNTRAINED_WARNING,
+            )
+        return f"{obj.model_name} ({obj.pretrained})"
+
+    @admin.display(description="Error")
+    def error_short(self, obj: IndexBuild) -> str:
+        return (obj.error[:120] + "…") if len(obj.error) > 120 else obj.error
+
+    @admin.action(description="Activate selected ready build (promote or roll back)", permissions=["activate"])
+    def activate_builds(self, request: HttpRequest, queryset: QuerySet[IndexBuild]) -> None:
+        for build in queryset.order_by("created_at"):
+            try:
+                index_build_activate(build=build)
+            except ServiceError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"Build {build.pk} now answers {build.image_type} searches.", messages.SUCCESS
+                )
+
+    def get_urls(self) -> list:
+        return [
+            path("rebuild/", self.admin_site.admin_view(self.rebuild_view), name="indexing_indexbuild_rebuild"),
+            path("progress/", self.admin_site.admin_view(self.progress_view), name="indexing_indexbuild_progress"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        builds_fail_stale()
+        context = {
+            **(extra_context or {}),
+            "can_rebuild": self.has_rebuild_permission(request),
+            "config_untrained": settings.SIMSEARCH_PRETRAINED == "untrained",
+            "untrained_warning": UNTRAINED_WARNING,
+            "configured_model": f"{settings.SIMSEARCH_MODEL} ({settings.SIMSEARCH_PRETRAINED})",
+            "active_untrained": IndexBuild.objects.filter(is_active=True, is_untrained=True).exists(),
+        }
+        return super().changelist_view(request, extra_context=context)
+
+    def rebuild_view(self, request: HttpRequest) -> HttpResponse:
+        return _rebuild_view(request)
+
+    def progress_view(self, request: HttpRequest) -> JsonResponse:
+        """Live progress for the changelist's script: every build that is, or just was, pending."""
+        ids = [int(i) for i in request.GET.getlist("id") if i.isdigit()]
+        builds = IndexBuild.objects.filter(pk__in=ids) | IndexBuild.objects.filter(status__in=PENDING_STATUSES)
+        return JsonResponse(
+            {
+                "builds": [
+                    {"id": b.pk, "status": b.status, "done": b.progress_done, "total": b.progress_total}
+                    for b in builds.distinct()
+                ]
+            }
+        )
+
+
+@require_POST
+def _rebuild_view(request: HttpRequest) -> HttpResponse:
+    index_type = request.POST.get("index_type", "all")
+    request_rebuild(request, index_type)
+    return HttpResponseRedirect(reverse("admin:indexing_indexbuild_changelist"))

@@ -1,0 +1,87 @@
+"""Where build artifacts live: the configured storage (shared by every host) and a local
+cache folder per serving host (fast restarts; the fallback when the database is down)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from catalog.storage import delete_prefix, read_object
+from indexing.artifacts import ALL_FILES, EMBEDDINGS_FILE
+
+
+def storage_write(prefix: str, files: dict[str, bytes]) -> None:
+    """Write the files under `prefix`, manifest last: a reader that finds the manifest finds
+    the rest (and the build row only turns `ready` after this returns)."""
+    ordered = sorted(files, key=lambda name: name == "manifest.json")
+    for name in ordered:
+        key = f"{prefix}/{name}"
+        saved = default_storage.save(key, ContentFile(files[name]))
+        if saved != key:
+            raise RuntimeError(f"storage renamed {key} to {saved}; the build prefix was not empty")
+
+
+def storage_read(prefix: str) -> dict[str, bytes]:
+    # embeddings.pt is for audits and re-use, not needed to serve searches.
+    return {name: read_object(f"{prefix}/{name}") for name in ALL_FILES if name != EMBEDDINGS_FILE}
+
+
+def storage_delete(prefix: str) -> int:
+    return delete_prefix(prefix) if prefix else 0
+
+
+def _cache_root() -> Path:
+    return Path(settings.SIMSEARCH_INDEX_CACHE_DIR)
+
+
+def cache_put(build_id: int, files: dict[str, bytes]) -> None:
+    """Atomically place a build's files in the local cache (write to a temp dir, rename)."""
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"build-{build_id}"
+    if target.exists():
+        return
+    staging = Path(tempfile.mkdtemp(prefix=f".build-{build_id}-", dir=root))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.exists():
+            raise
+
+
+def cache_get(build_id: int) -> dict[str, bytes] | None:
+    folder = _cache_root() / f"build-{build_id}"
+    if not folder.is_dir():
+        return None
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.name in ALL_FILES}
+
+
+def _pointer_path(engine: str, image_type: str) -> Path:
+    return _cache_root() / f"active-{engine}-{image_type}.json"
+
+
+def cache_pointer_set(engine: str, image_type: str, build_id: int, manifest_sha256: str) -> None:
+    """Remember the last active build, for starting while the database is unreachable."""
+    path = _pointer_path(engine, image_type)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps({"build_id": build_id, "manifest_sha256": manifest_sha256}))
+    os.replace(staging, path)
+
+
+def cache_pointer_get(engine: str, image_type: str) -> tuple[int, str] | None:
+    try:
+        data = json.loads(_pointer_path(engine, image_type).read_text())
+        return int(data["build_id"]), str(data["manifest_sha256"])
+    except (OSError, ValueError, KeyError):
+        return None

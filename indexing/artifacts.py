@@ -1,0 +1,122 @@
+"""The files of one index build, packed to bytes and verified when unpacked. Django-free.
+
+faiss_index.bin   IndexIDMap2(IndexFlatIP), ids = image ids
+embeddings.pt     {"ids": int64 tensor, "vectors": float32 tensor}
+metadata.json     one search-result record per vector (UTF-8, Korean kept readable)
+manifest.json     build id, model, fingerprint, counts, timings, sha256 of every file above
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from indexing import vector_index
+
+INDEX_FILE = "faiss_index.bin"
+EMBEDDINGS_FILE = "embeddings.pt"
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "manifest.json"
+DATA_FILES = (INDEX_FILE, EMBEDDINGS_FILE, METADATA_FILE)
+ALL_FILES = (*DATA_FILES, MANIFEST_FILE)
+
+
+class ArtifactError(ValueError):
+    """Artifacts are missing, altered or from another system: they are not loaded."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pack_artifacts(
+    *, ids: np.ndarray, vectors: np.ndarray, metadata: list[dict[str, Any]], manifest: dict[str, Any]
+) -> dict[str, bytes]:
+    """All four files as bytes; the manifest records the size and sha256 of the others."""
+    index = vector_index.build_index(vectors, ids)
+    embeddings = io.BytesIO()
+    torch.save(
+        {"ids": torch.from_numpy(np.asarray(ids, dtype=np.int64)), "vectors": torch.from_numpy(vectors)}, embeddings
+    )
+    files = {
+        INDEX_FILE: vector_index.serialize(index),
+        EMBEDDINGS_FILE: embeddings.getvalue(),
+        METADATA_FILE: json.dumps(metadata, ensure_ascii=False, indent=1).encode("utf-8"),
+    }
+    manifest = {
+        **manifest,
+        "format": 1,
+        "files": {name: {"sha256": sha256_hex(data), "bytes": len(data)} for name, data in files.items()},
+    }
+    files[MANIFEST_FILE] = json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8")
+    return files
+
+
+@dataclass
+class LoadedIndex:
+    """A build ready to answer searches. Immutable once made: a new build is a new object."""
+
+    manifest: dict[str, Any]
+    index: faiss.Index
+    records: dict[int, dict[str, Any]]
+    manifest_sha256: str
+    _filter_cache: dict[tuple[str | None, str | None], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def build_id(self) -> int:
+        return int(self.manifest["build_id"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["model_fingerprint"])
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids_matching(self, *, product_code: str | None, defect_code: str | None) -> np.ndarray | None:
+        """Ids whose record has these codes (None = no filter at all)."""
+        if product_code is None and defect_code is None:
+            return None
+        key = (product_code, defect_code)
+        if key not in self._filter_cache:
+            self._filter_cache[key] = np.array(
+                [
+                    image_id
+                    for image_id, record in self.records.items()
+                    if (product_code is None or record.get("product_code", record.get("product")) == product_code)
+                    and (defect_code is None or record.get("defect_code", record.get("defect")) == defect_code)
+                ],
+                dtype=np.int64,
+            )
+        return self._filter_cache[key]
+
+
+def unpack_artifacts(files: Mapping[str, bytes], *, manifest_sha256: str | None = None) -> LoadedIndex:
+    """Verify and load. `manifest_sha256` (from the database) pins the manifest; the manifest
+    pins every other file, so nothing that this system did not write is deserialised."""
+    missing = [name for name in (MANIFEST_FILE, INDEX_FILE, METADATA_FILE) if name not in files]
+    if missing:
+        raise ArtifactError(f"index files missing: {', '.join(missing)}")
+    manifest_bytes = files[MANIFEST_FILE]
+    actual = sha256_hex(manifest_bytes)
+    if manifest_sha256 and actual != manifest_sha256:
+        raise ArtifactError("manifest.json does not match the build record (altered or from another build)")
+    manifest = json.loads(manifest_bytes)
+    for name in (INDEX_FILE, METADATA_FILE):
+        expected = manifest.get("files", {}).get(name, {}).get("sha256")
+        if expected != sha256_hex(files[name]):
+            raise ArtifactError(f"{name} does not match its manifest entry")
+    index = vector_index.deserialize(files[INDEX_FILE])
+    records = {int(record["image_id"]): record for record in json.loads(files[METADATA_FILE])}
+    if index.ntotal != len(records):
+        raise ArtifactError(f"index has {index.ntotal} vectors but metadata has {len(records)} records")
+    return LoadedIndex(manifest=manifest, index=index, records=records, manifest_sha256=actual)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild
+from indexing.selectors import serving_engine
+from indexing.services import index_build_request, index_build_run
+from simsearch_project.errors import ServiceError
+
+
+class Command(BaseCommand):
+    help = "Rebuild the similarity indexes (queued to the task queue, or in this process with --sync)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--type", dest="index_type", choices=["defect", "normal", "all"], default="all")
+        parser.add_argument(
+            "--engine",
+            choices=["v2", "v1"],
+            default=None,
+            help="v2 = catalog database, v1 = legacy folder (default: the one USE_INDEX_V2 selects)",
+        )
+        parser.add_argument("--sync", action="store_true", help="build here instead of in a qcluster worker")
+        parser.add_argument("--no-wait", action="store_true", help="queue and return without waiting")
+
+    def handle(
+        self, *args: Any, index_type: str, engine: str | None, sync: bool, no_wait: bool, **options: Any
+    ) -> None:
+        engine = engine or serving_engine(settings.USE_INDEX_V2)
+        if settings.SIMSEARCH_PRETRAINED == "untrained":
+            self.stderr.write(
+                self.style.WARNING(
+                    "WARNING: SIMSEARCH_PRETRAINED=untrained - random weights, similarity is not meaningful."
+                )
+            )
+        try:
+            builds = index_build_request(index_type=index_type, engine=engine)
+        except ServiceError as exc:
+            raise CommandError(exc.message) from exc
+        failed = False
+        for build in builds:
+            if sync and build.status == BuildStatus.QUEUED:
+                build = self._run_here(build)
+            elif not no_wait:
+                build = self._wait(build)
+            failed |= self._report(build)
+        if failed:
+            raise CommandError("At least one build failed; the previously active index keeps serving.")
+
+    def _run_here(self, build: IndexBuild) -> IndexBuild:
+        result: dict[str, IndexBuild] = {}
+        worker = threading.Thread(target=lambda: result.setdefault("build", index_build_run(build_id=build.pk)))
+        worker.start()
+        self._show_progress(build, until=lambda: not worker.is_alive())
+        worker.join()
+        return result["build"]
+
+    def _wait(self, build: IndexBuild) -> IndexBuild:
+        self.stdout.write(
+            f"Waiting for build {build.pk} ({build.image_type}) in the task queue (Ctrl-C stops waiting)."
+        )
+        self._show_progress(build, until=lambda: False)
+        build.refresh_from_db()
+        return build
+
+    def _show_progress(self, build: IndexBuild, until: Any) -> None:
+        with tqdm(total=0, desc=f"{build.image_type} build {build.pk}", unit="img", file=self.stderr) as bar:
+            while True:
+                build.refresh_from_db()
+                bar.total = build.progress_total
+                bar.n = build.progress_done
+                bar.set_postfix_str(build.status)
+                bar.refresh()
+                if build.status not in PENDING_STATUSES or until():
+                    break
+                time.sleep(0.5)
+
+    def _report(self, build: IndexBuild) -> bool:
+        if build.status == BuildStatus.READY:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Build {build.pk} ({build.engine} {build.image_type}) ready and active: "
+                    f"{build.vector_count} vectors, {build.embedded_count} embedded, {build.reused_count} reused, "
+                    f"{build.missing_count} missing files, "
+                    f"{build.timings.get('total_s', 0):.1f} s."
+                )
+            )
+            return False
+        if build.status == BuildStatus.FAILED:
+            self.stderr.write(self.style.ERROR(f"Build {build.pk} ({build.image_type}) failed: {build.error}"))
+            return True
+        self.stdout.write(f"Build {build.pk} ({build.image_type}) is {build.status}.")
+        return False

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class IndexEngine(models.TextChoices):
+    V2 = "v2", "V2 (catalog database)"
+    V1 = "v1", "V1 (legacy folder)"
+
+
+class GalleryType(models.TextChoices):
+    DEFECT = "defect", "Defect images"
+    NORMAL = "normal", "Normal images"
+
+
+class BuildStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+PENDING_STATUSES = [BuildStatus.QUEUED, BuildStatus.RUNNING]
+
+
+class IndexBuild(models.Model):
+    image_type = models.CharField(max_length=16, choices=GalleryType.choices, db_index=True)
+    engine = models.CharField(max_length=4, choices=IndexEngine.choices, default=IndexEngine.V2)
+    status = models.CharField(max_length=16, choices=BuildStatus.choices, default=BuildStatus.QUEUED, db_index=True)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    vector_count = models.PositiveIntegerField(default=0)
+    embedded_count = models.PositiveIntegerField(default=0, help_text="Images embedded by this build.")
+    reused_count = models.PositiveIntegerField(default=0, help_text="Embeddings reused from earlier builds.")
+    missing_count = models.PositiveIntegerField(default=0, help_text="Catalog images whose file was not in storage.")
+    model_name = models.CharField(max_length=100)
+    pretrained = models.CharField(max_length=500)
+    is_untrained = models.BooleanField(default=False, help_text="Random weights: similarity is not meaningful.")
+    model_fingerprint = models.CharField(max_length=64, blank=True)
+    artifact_prefix = models.CharField(max_length=300, blank=True)
+    manifest_sha256 = models.CharField(max_length=64, blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    task_id = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the process running the build.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=False, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image_type", "engine"],
+                condition=Q(is_active=True),
+                name="one_active_build_per_type_and_engine",
+            ),
+            models.UniqueConstraint(
+                fields=["image_type", "engine"],
+                condition=Q(status__in=PENDING_STATUSES),
+                name="one_pending_build_per_type_and_engine",
+            ),
+            models.CheckConstraint(
+                condition=Q(is_active=False) | Q(status=BuildStatus.READY),
+                name="only_ready_builds_are_active",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Build {self.pk} ({self.engine} {self.image_type}, {self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        from django.utils import timezone
+
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+
+class CachedEmbedding(models.Model):
+    """An image embedding, reusable by any later build with the same model fingerprint."""
+
+    sha256 = models.CharField(max_length=64)
+    model_fingerprint = models.CharField(max_length=64)
+    vector = models.BinaryField(help_text="float32, L2-normalised")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_fingerprint", "sha256"], name="one_embedding_per_image_and_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"Embedding of {self.sha256[:12]} ({self.model_fingerprint[:12]})"

@@ -1,0 +1,404 @@
+"""Functions that write index data: request, run, activate and clean up builds."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from catalog.storage import read_object
+from indexing import artifact_store
+from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
+from indexing.embedder import Embedder
+from indexing.legacy import scan_legacy_folder
+from indexing.models import PENDING_STATUSES, BuildStatus, CachedEmbedding, GalleryType, IndexBuild, IndexEngine
+from indexing.runtime import current_embedder
+from indexing.selectors import gallery_rows
+from simsearch_project.errors import Conflict, ServiceError
+
+logger = logging.getLogger(__name__)
+
+REBUILD_TASK = "indexing.tasks.index_builds_run"
+CACHE_LOOKUP_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class GallerySource:
+    """One image to index: its id in the index, content hash, how to read it, its record."""
+
+    image_id: int
+    sha256: str
+    read: Callable[[], bytes]
+    record: dict[str, Any]
+
+
+# --- request ------------------------------------------------------------------------------
+
+
+def _gallery_types(index_type: str) -> list[str]:
+    if index_type == "all":
+        return [GalleryType.DEFECT, GalleryType.NORMAL]
+    if index_type in GalleryType.values:
+        return [index_type]
+    raise ServiceError(f"Unknown index type {index_type!r}; use defect, normal or all.", code="invalid_index_type")
+
+
+def index_build_request(*, index_type: str, engine: str = IndexEngine.V2, requested_by: Any = None) -> list[IndexBuild]:
+    """Queue a build per image type, or return the build already queued/running for that type.
+
+    New builds are handed to the task queue when the transaction commits, as one task that
+    runs them one after another (each build uses every core it is given)."""
+    if engine not in IndexEngine.values:
+        raise ServiceError(f"Unknown engine {engine!r}; use v2 or v1.", code="invalid_engine")
+    if engine == IndexEngine.V1 and not settings.INDEX_DIR_V1:
+        raise ServiceError("INDEX_DIR_V1 is not set: there is no legacy folder to index.", code="no_legacy_folder")
+    builds_fail_stale()
+    builds: list[IndexBuild] = []
+    new_ids: list[int] = []
+    with transaction.atomic():
+        for image_type in _gallery_types(index_type):
+            try:
+                with transaction.atomic():
+                    build = IndexBuild.objects.create(
+                        image_type=image_type,
+                        engine=engine,
+                        model_name=settings.SIMSEARCH_MODEL,
+                        pretrained=settings.SIMSEARCH_PRETRAINED,
+                        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+                    )
+                new_ids.append(build.pk)
+            except IntegrityError:
+                # One pending build per type (database constraint): hand back the one in flight.
+                build = IndexBuild.objects.get(image_type=image_type, engine=engine, status__in=PENDING_STATUSES)
+            builds.append(build)
+        if new_ids:
+            transaction.on_commit(lambda: _enqueue(new_ids))
+    return builds
+
+
+def _enqueue(build_ids: list[int]) -> None:
+    from django_q.tasks import async_task
+
+    task_id = async_task(REBUILD_TASK, build_ids, task_name=f"index-build-{'-'.join(map(str, build_ids))}")
+    IndexBuild.objects.filter(pk__in=build_ids).update(task_id=task_id or "")
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Writes progress and a heartbeat to the build row, at most about once a second."""
+
+    def __init__(self, build: IndexBuild, total: int):
+        self.build_id = build.pk
+        self.total = total
+        self.last_write = 0.0
+        IndexBuild.objects.filter(pk=build.pk).update(progress_total=total, heartbeat_at=timezone.now())
+
+    def __call__(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_write >= 1.0:
+            self.last_write = now
+            IndexBuild.objects.filter(pk=self.build_id).update(
+                progress_done=min(done, self.total), heartbeat_at=timezone.now()
+            )
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _v2_sources(image_type: str) -> list[GallerySource]:
+    return [
+        GallerySource(
+            image_id=row.image_id,
+            sha256=row.sha256,
+            read=lambda name=row.file_name: read_object(name),
+            record=row.record(),
+        )
+        for row in gallery_rows(image_type=image_type)
+    ]
+
+
+def _v1_sources(image_type: str) -> tuple[list[GallerySource], list[tuple[str, str]]]:
+    files, rejected = scan_legacy_folder(Path(settings.INDEX_DIR_V1))
+    sources = []
+    for position, legacy in enumerate(files):
+        if legacy.image_type != image_type:
+            continue
+        data = legacy.path.read_bytes()
+        sources.append(
+            GallerySource(
+                image_id=position,
+                sha256=hashlib.sha256(data).hexdigest(),
+                read=lambda path=legacy.path: path.read_bytes(),
+                record={
+                    "image_id": position,
+                    "image_path": str(legacy.path),
+                    "product": legacy.product,
+                    "defect": legacy.defect,
+                    "image_type": legacy.image_type,
+                },
+            )
+        )
+    return sources, rejected
+
+
+def _cached_vectors(fingerprint: str, hashes: list[str], dim: int) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    unique = sorted(set(hashes))
+    for start in range(0, len(unique), CACHE_LOOKUP_CHUNK):
+        chunk = unique[start : start + CACHE_LOOKUP_CHUNK]
+        for sha, blob in CachedEmbedding.objects.filter(model_fingerprint=fingerprint, sha256__in=chunk).values_list(
+            "sha256", "vector"
+        ):
+            vector = np.frombuffer(bytes(blob), dtype=np.float32)
+            if vector.shape == (dim,):
+                found[sha] = vector
+    return found
+
+
+def _embed_missing(
+    *, embedder: Embedder, sources: list[GallerySource], progress: Callable[[int], None], already_done: int
+) -> tuple[dict[str, np.ndarray], set[int]]:
+    """Embed `sources` (one per distinct sha256), caching each chunk as soon as it is done so
+    that a build that dies part-way still saves the next one that work."""
+    vectors: dict[str, np.ndarray] = {}
+    missing_ids: set[int] = set()
+    batch_size = settings.SIMSEARCH_EMBED_BATCH_SIZE
+    chunk_size = batch_size * 8
+    for start in range(0, len(sources), chunk_size):
+        chunk = sources[start : start + chunk_size]
+        offset = already_done + start
+        encoded = embedder.encode_images(
+            [source.read for source in chunk],
+            batch_size=batch_size,
+            on_batch=lambda done, offset=offset: progress(offset + done),
+        )
+        missing_ids.update(chunk[i].image_id for i in encoded.missing)
+        new = {chunk[i].sha256: encoded.vectors[row] for row, i in enumerate(encoded.present)}
+        CachedEmbedding.objects.bulk_create(
+            [
+                CachedEmbedding(sha256=sha, model_fingerprint=embedder.fingerprint, vector=vector.tobytes())
+                for sha, vector in new.items()
+            ],
+            ignore_conflicts=True,
+        )
+        vectors.update(new)
+    return vectors, missing_ids
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def index_build_run(*, build_id: int) -> IndexBuild:
+    """Build one queued index. On success it is written completely, then marked ready and
+    activated in one transaction; on any failure it is marked failed, its files are removed,
+    and the active build keeps serving."""
+    claimed = IndexBuild.objects.filter(pk=build_id, status=BuildStatus.QUEUED).update(
+        status=BuildStatus.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), worker=_worker_name()
+    )
+    build = IndexBuild.objects.get(pk=build_id)
+    if not claimed:
+        logger.warning("Build %s is %s, not queued; not running it again", build_id, build.status)
+        return build
+    try:
+        _run(build)
+    except Exception as exc:
+        logger.exception("Index build %s failed", build_id)
+        _fail(build, _describe(exc))
+    build.refresh_from_db()
+    return build
+
+
+def _run(build: IndexBuild) -> None:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    embedder = current_embedder()
+    timings["model_load_s"] = round(time.perf_counter() - started, 3)
+    IndexBuild.objects.filter(pk=build.pk).update(
+        model_name=embedder.model_name,
+        pretrained=embedder.pretrained,
+        is_untrained=embedder.is_untrained,
+        model_fingerprint=embedder.fingerprint,
+    )
+
+    step = time.perf_counter()
+    rejected: list[tuple[str, str]] = []
+    if build.engine == IndexEngine.V1:
+        sources, rejected = _v1_sources(build.image_type)
+    else:
+        sources = _v2_sources(build.image_type)
+    timings["gallery_s"] = round(time.perf_counter() - step, 3)
+    if not sources:
+        raise ServiceError(f"There are no {build.image_type} images to index; add some to the catalog first.")
+
+    progress = _Progress(build, total=len(sources))
+    step = time.perf_counter()
+    reused = _cached_vectors(embedder.fingerprint, [s.sha256 for s in sources], embedder.dim)
+    first_of_hash: dict[str, GallerySource] = {}
+    for source in sources:
+        if source.sha256 not in reused:
+            first_of_hash.setdefault(source.sha256, source)
+    reused_count = len(sources) - sum(1 for s in sources if s.sha256 not in reused)
+    progress(reused_count, force=True)
+    embedded, missing_ids = _embed_missing(
+        embedder=embedder, sources=list(first_of_hash.values()), progress=progress, already_done=reused_count
+    )
+    timings["embed_s"] = round(time.perf_counter() - step, 3)
+    vectors_by_hash = {**reused, **embedded}
+    missing_hashes = {s.sha256 for s in first_of_hash.values() if s.image_id in missing_ids}
+    kept = [s for s in sources if s.sha256 in vectors_by_hash and s.sha256 not in missing_hashes]
+    missing_count = len(sources) - len(kept)
+    if not kept:
+        raise ServiceError(f"None of the {len(sources)} {build.image_type} images could be read from storage.")
+
+    step = time.perf_counter()
+    ids = np.array([s.image_id for s in kept], dtype=np.int64)
+    vectors = np.stack([vectors_by_hash[s.sha256] for s in kept]).astype(np.float32)
+    prefix = (
+        f"{settings.SIMSEARCH_INDEX_PREFIX}/{build.engine}/{build.image_type}/{build.pk:06d}-{uuid.uuid4().hex[:8]}"
+    )
+    IndexBuild.objects.filter(pk=build.pk).update(artifact_prefix=prefix)
+    build.artifact_prefix = prefix
+    embedded_count = len(embedded)
+    counts = {
+        "vector_count": len(kept),
+        "embedded_count": embedded_count,
+        "reused_count": reused_count,
+        "missing_count": missing_count,
+    }
+    manifest = {
+        "build_id": build.pk,
+        "engine": build.engine,
+        "image_type": build.image_type,
+        "model_name": embedder.model_name,
+        "pretrained": embedder.pretrained,
+        "is_untrained": embedder.is_untrained,
+        "model_fingerprint": embedder.fingerprint,
+        "fingerprint_source": embedder.fingerprint_source,
+        "dim": embedder.dim,
+        "created_at": timezone.now().isoformat(),
+        "counts": {**counts, "rejected_names": len(rejected)},
+        "rejected_names": [{"name": n, "reason": r} for n, r in rejected[:1000]],
+        "timings": timings,
+    }
+    files = pack_artifacts(ids=ids, vectors=vectors, metadata=[s.record for s in kept], manifest=manifest)
+    artifact_store.storage_write(prefix, files)
+    timings["write_s"] = round(time.perf_counter() - step, 3)
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    progress(len(sources), force=True)
+
+    with transaction.atomic():
+        IndexBuild.objects.filter(pk=build.pk).update(
+            status=BuildStatus.READY,
+            finished_at=timezone.now(),
+            manifest_sha256=sha256_hex(files[MANIFEST_FILE]),
+            timings=timings,
+            error="",
+            **counts,
+        )
+        index_build_activate(build=IndexBuild.objects.get(pk=build.pk))
+    logger.info(
+        "Index build %s ready: %s vectors (%s embedded, %s reused, %s missing) in %.1f s",
+        build.pk,
+        len(kept),
+        embedded_count,
+        reused_count,
+        missing_count,
+        timings["total_s"],
+    )
+
+
+def _fail(build: IndexBuild, reason: str) -> None:
+    build.refresh_from_db()
+    IndexBuild.objects.filter(pk=build.pk, status__in=PENDING_STATUSES).update(
+        status=BuildStatus.FAILED, finished_at=timezone.now(), error=reason[:4000], is_active=False
+    )
+    _remove_artifacts(build)
+
+
+def _remove_artifacts(build: IndexBuild) -> None:
+    try:
+        artifact_store.storage_delete(build.artifact_prefix)
+    except Exception:
+        logger.exception("Could not remove the files of failed build %s under %s", build.pk, build.artifact_prefix)
+
+
+# --- activate, clean up -------------------------------------------------------------------
+
+
+def index_build_activate(*, build: IndexBuild) -> IndexBuild:
+    """Make `build` the one active build of its image type and engine (promote or roll back)."""
+    if build.status != BuildStatus.READY:
+        raise Conflict(f"Build {build.pk} is {build.status}; only a ready build can be activated.", code="not_ready")
+    with transaction.atomic():
+        # Lock the current active row so two activations cannot interleave.
+        list(
+            IndexBuild.objects.select_for_update().filter(
+                image_type=build.image_type, engine=build.engine, is_active=True
+            )
+        )
+        IndexBuild.objects.filter(image_type=build.image_type, engine=build.engine, is_active=True).exclude(
+            pk=build.pk
+        ).update(is_active=False)
+        IndexBuild.objects.filter(pk=build.pk).update(is_active=True, activated_at=timezone.now())
+    build.refresh_from_db()
+    return build
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def builds_fail_stale() -> int:
+    """Mark failed the builds whose worker died (same host: its process is gone; any host:
+    no progress for SIMSEARCH_BUILD_STALE_SECONDS) and queued builds no worker ever took."""
+    now = timezone.now()
+    stale_after = timedelta(seconds=settings.SIMSEARCH_BUILD_STALE_SECONDS)
+    never_taken_after = timedelta(seconds=settings.Q_CLUSTER["retry"])
+    host = socket.gethostname()
+    failed = 0
+    for build in IndexBuild.objects.filter(status__in=PENDING_STATUSES):
+        reason = ""
+        if build.status == BuildStatus.RUNNING:
+            worker_host, _, pid = build.worker.rpartition(":")
+            if worker_host == host and pid.isdigit() and not _process_alive(int(pid)):
+                reason = f"The worker process {build.worker} running this build has died."
+            elif build.heartbeat_at and now - build.heartbeat_at > stale_after:
+                reason = (
+                    f"The worker {build.worker} stopped reporting progress at {build.heartbeat_at:%Y-%m-%d %H:%M:%S}."
+                )
+        elif now - build.created_at > never_taken_after:
+            reason = "No task-queue worker picked this build up; is the qcluster running?"
+        if reason:
+            updated = IndexBuild.objects.filter(pk=build.pk, status=build.status).update(
+                status=BuildStatus.FAILED, finished_at=now, error=reason
+            )
+            if updated:
+                failed += 1
+                logger.warning("Build %s marked failed: %s", build.pk, reason)
+                _remove_artifacts(build)
+    return failed

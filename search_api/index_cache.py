@@ -1,0 +1,140 @@
+"""The indexes a serving process answers from, loaded lazily and swapped without locks on the
+read path: a newly activated build is loaded beside the old one, then one reference is
+replaced, so requests in flight finish on the build they started with."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+
+from indexing import artifact_store
+from indexing.artifacts import ArtifactError, LoadedIndex, unpack_artifacts
+from indexing.models import GalleryType, IndexEngine
+from indexing.selectors import ActiveBuild, active_builds
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (engine, image_type)
+
+
+@dataclass
+class CacheState:
+    loaded: dict[Key, LoadedIndex] = field(default_factory=dict)
+    degraded: str = ""  # why the process serves from its local cache only, if it does
+    load_errors: dict[Key, str] = field(default_factory=dict)
+
+
+class IndexCache:
+    def __init__(self) -> None:
+        self._state = CacheState()
+        self._checked_at = float("-inf")
+        self._refresh_lock = threading.Lock()
+        self._started = False
+
+    # -- read path --------------------------------------------------------------------------
+
+    def get(self, *, engine: str, image_type: str) -> LoadedIndex | None:
+        self.refresh_if_due()
+        return self._state.loaded.get((engine, image_type))
+
+    def state(self) -> CacheState:
+        self.refresh_if_due()
+        return self._state
+
+    def refresh_if_due(self) -> None:
+        if time.monotonic() - self._checked_at < settings.SIMSEARCH_INDEX_POLL_SECONDS:
+            return
+        # One thread refreshes; the others keep answering from the current state meanwhile,
+        # unless nothing is loaded yet (then they wait for the first load).
+        blocking = not self._state.loaded
+        if self._refresh_lock.acquire(blocking=blocking):
+            try:
+                if time.monotonic() - self._checked_at >= settings.SIMSEARCH_INDEX_POLL_SECONDS:
+                    self.refresh()
+            finally:
+                self._refresh_lock.release()
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        self._checked_at = time.monotonic()
+        if not self._started:
+            self._started = True
+            self._on_first_start()
+        try:
+            active = active_builds()
+        except DatabaseError as exc:
+            self._database_down(exc)
+            return
+        state = CacheState(loaded=dict(self._state.loaded))
+        for key, build in active.items():
+            current = state.loaded.get(key)
+            if current is not None and current.build_id == build.build_id:
+                continue
+            try:
+                state.loaded[key] = self._load(key, build)
+                logger.info("Serving %s %s index from build %s", *key, build.build_id)
+            except Exception as exc:  # keep serving the previous build
+                logger.exception("Could not load build %s for %s %s", build.build_id, *key)
+                state.load_errors[key] = f"build {build.build_id}: {exc}"
+        self._state = state
+
+    def _load(self, key: Key, build: ActiveBuild) -> LoadedIndex:
+        files = artifact_store.cache_get(build.build_id)
+        loaded = None
+        if files is not None:
+            try:
+                loaded = unpack_artifacts(files, manifest_sha256=build.manifest_sha256)
+            except ArtifactError:
+                logger.warning("Local copy of build %s is damaged; reading it from storage again", build.build_id)
+        if loaded is None:
+            files = artifact_store.storage_read(build.artifact_prefix)
+            loaded = unpack_artifacts(files, manifest_sha256=build.manifest_sha256)
+            artifact_store.cache_put(build.build_id, files)
+        artifact_store.cache_pointer_set(*key, build.build_id, build.manifest_sha256)
+        return loaded
+
+    def _database_down(self, exc: Exception) -> None:
+        close_old_connections()
+        connection.close()
+        reason = f"database unreachable ({type(exc).__name__}); serving the last locally cached indexes"
+        state = CacheState(loaded=dict(self._state.loaded), degraded=reason)
+        if not state.loaded:
+            for engine in IndexEngine.values:
+                for image_type in GalleryType.values:
+                    pointer = artifact_store.cache_pointer_get(engine, image_type)
+                    files = artifact_store.cache_get(pointer[0]) if pointer else None
+                    if pointer and files:
+                        try:
+                            state.loaded[(engine, image_type)] = unpack_artifacts(files, manifest_sha256=pointer[1])
+                        except ArtifactError as error:
+                            state.load_errors[(engine, image_type)] = str(error)
+        logger.warning("%s: %s", reason, exc)
+        self._state = state
+
+    def _on_first_start(self) -> None:
+        if not settings.SIMSEARCH_REBUILD_ON_STARTUP:
+            return
+        from indexing.selectors import serving_engine
+        from indexing.services import index_build_request
+
+        try:
+            # Every serving process asks; the one-pending-build constraint makes it one build.
+            index_build_request(index_type="all", engine=serving_engine(settings.USE_INDEX_V2))
+        except Exception:
+            logger.exception("SIMSEARCH_REBUILD_ON_STARTUP: could not request the start-up rebuild")
+
+    def reset(self) -> None:
+        """Forget everything (tests; a process that must reload from scratch)."""
+        with self._refresh_lock:
+            self._state = CacheState()
+            self._checked_at = float("-inf")
+            self._started = False
+
+
+index_cache = IndexCache()
