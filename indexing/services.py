@@ -102,13 +102,16 @@ def _enqueue(build_ids: list[int]) -> None:
 class _Progress:
     """Writes progress and a heartbeat to the build row, at most about once a second."""
 
-    def __init__(self, build: IndexBuild, total: int):
+    def __init__(self, build: IndexBuild, total: int, listener: Callable[[int, int], None] | None = None):
         self.build_id = build.pk
         self.total = total
+        self.listener = listener
         self.last_write = 0.0
         IndexBuild.objects.filter(pk=build.pk).update(progress_total=total, heartbeat_at=timezone.now())
 
     def __call__(self, done: int, *, force: bool = False) -> None:
+        if self.listener:
+            self.listener(min(done, self.total), self.total)
         now = time.monotonic()
         if force or now - self.last_write >= 1.0:
             self.last_write = now
@@ -207,10 +210,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def index_build_run(*, build_id: int) -> IndexBuild:
+def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | None = None) -> IndexBuild:
     """Build one queued index. On success it is written completely, then marked ready and
     activated in one transaction; on any failure it is marked failed, its files are removed,
-    and the active build keeps serving."""
+    and the active build keeps serving. `on_progress(done, total)` is for a progress bar."""
     claimed = IndexBuild.objects.filter(pk=build_id, status=BuildStatus.QUEUED).update(
         status=BuildStatus.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), worker=_worker_name()
     )
@@ -219,7 +222,7 @@ def index_build_run(*, build_id: int) -> IndexBuild:
         logger.warning("Build %s is %s, not queued; not running it again", build_id, build.status)
         return build
     try:
-        _run(build)
+        _run(build, on_progress)
     except Exception as exc:
         logger.exception("Index build %s failed", build_id)
         _fail(build, _describe(exc))
@@ -227,7 +230,7 @@ def index_build_run(*, build_id: int) -> IndexBuild:
     return build
 
 
-def _run(build: IndexBuild) -> None:
+def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     embedder = current_embedder()
@@ -249,7 +252,7 @@ def _run(build: IndexBuild) -> None:
     if not sources:
         raise ServiceError(f"There are no {build.image_type} images to index; add some to the catalog first.")
 
-    progress = _Progress(build, total=len(sources))
+    progress = _Progress(build, total=len(sources), listener=on_progress)
     step = time.perf_counter()
     reused = _cached_vectors(embedder.fingerprint, [s.sha256 for s in sources], embedder.dim)
     first_of_hash: dict[str, GallerySource] = {}
@@ -370,7 +373,12 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # A killed worker stays a zombie until its parent reaps it: that is dead too.
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def builds_fail_stale() -> int:

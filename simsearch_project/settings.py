@@ -166,6 +166,8 @@ elif SIMSEARCH_STORAGE == "s3":
             "querystring_auth": True,
             "querystring_expire": env_int("SIMSEARCH_S3_URL_EXPIRE_SECONDS", 3600),
             "file_overwrite": False,
+            # Optional key prefix inside the bucket (several deployments can share one bucket).
+            "location": env_str("AWS_LOCATION"),
         },
     }
 else:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -22,8 +23,12 @@ from catalog.models import DefectType, Product
 
 @pytest.fixture(autouse=True)
 def local_media(settings, tmp_path: Path) -> Path:
-    """Each test writes local files into its own folder."""
+    """Each test writes local files, and its serving index cache, into its own folder."""
+    from search_api.index_cache import index_cache
+
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.SIMSEARCH_INDEX_CACHE_DIR = tmp_path / "index_cache"
+    index_cache.reset()
     return settings.MEDIA_ROOT
 
 
@@ -38,6 +43,18 @@ class S3Server:
     secret_key: str
     region: str = "us-east-1"
     process: subprocess.Popen | None = None
+
+    def env(self, location: str = "") -> dict[str, str]:
+        """Environment for a process (qcluster, web server) using this bucket as storage."""
+        return {
+            "SIMSEARCH_STORAGE": "s3",
+            "AWS_STORAGE_BUCKET_NAME": self.bucket,
+            "AWS_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_S3_REGION_NAME": self.region,
+            "AWS_LOCATION": location,
+        }
 
     def client(self):  # type: ignore[no-untyped-def]
         return boto3.client(
@@ -165,11 +182,22 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     stop_process(server.process)
 
 
+@dataclass(frozen=True)
+class S3Lane:
+    server: S3Server
+    location: str
+
+    def env(self) -> dict[str, str]:
+        return self.server.env(self.location)
+
+
 @pytest.fixture
-def s3_storage(settings, seaweedfs: S3Server) -> S3Server:
+def s3_storage(settings, seaweedfs: S3Server) -> S3Lane:
     """Switch the default storage to the SeaweedFS bucket, under a prefix of its own, for one test."""
-    settings.STORAGES = {**settings.STORAGES, "default": seaweedfs.storage_settings(f"test-{uuid.uuid4().hex[:12]}")}
-    return seaweedfs
+    lane = S3Lane(seaweedfs, f"test-{uuid.uuid4().hex[:12]}")
+    settings.STORAGES = {**settings.STORAGES, "default": seaweedfs.storage_settings(lane.location)}
+    settings.SIMSEARCH_STORAGE = "s3"
+    return lane
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -200,23 +228,27 @@ test_database_url.__test__ = False  # type: ignore[attr-defined]
 
 
 def server_env(**extra: str) -> dict[str, str]:
+    """Environment for a process that must see this test's database and local files."""
+    from django.conf import settings
+
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "simsearch_project.test_settings",
         "DATABASE_URL": test_database_url(),
+        # The per-test MEDIA_ROOT is <data dir>/media, so the process reads the same files.
+        "SIMSEARCH_DATA_DIR": str(Path(settings.MEDIA_ROOT).parent),
         **extra,
     }
 
 
-@pytest.fixture
-def qcluster(transactional_db, tmp_path: Path) -> Iterator[subprocess.Popen]:
+@contextlib.contextmanager
+def running_qcluster(log_path: Path, **env: str) -> Iterator[subprocess.Popen]:
     """A real `manage.py qcluster` process on the configured broker (ORM, or Redis with REDIS_URL)."""
-    log_path = tmp_path / "qcluster.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [os.sys.executable, "manage.py", "qcluster"],
             cwd=ROOT,
-            env=server_env(),
+            env=server_env(**env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -226,6 +258,12 @@ def qcluster(transactional_db, tmp_path: Path) -> Iterator[subprocess.Popen]:
     finally:
         stop_process(process, timeout=20)
         print(log_path.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def qcluster(transactional_db, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    with running_qcluster(tmp_path / "qcluster.log") as process:
+        yield process
 
 
 # --- Catalog and users -------------------------------------------------------------------

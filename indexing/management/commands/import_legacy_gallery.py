@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from catalog.models import DefectType, Image, ImageType, Product
 from catalog.services import image_create
@@ -41,32 +42,35 @@ class Command(BaseCommand):
             if dry_run:
                 imported += 1
                 continue
-            product, made = Product.objects.get_or_create(
-                product_code=legacy.product, defaults={"product_name": legacy.product, "description": "Imported (V1)"}
-            )
-            if made:
-                created_products.add(legacy.product)
-            defect_type = None
-            if legacy.image_type == ImageType.DEFECT:
-                defect_type, made = DefectType.objects.get_or_create(
-                    defect_code=legacy.defect,
-                    defaults={"defect_name_ko": legacy.defect, "defect_name_en": legacy.defect},
-                )
-                if made:
-                    created_defects.add(legacy.defect)
             try:
-                image_create(
-                    data=data,
-                    image_type=legacy.image_type,
-                    product=product,
-                    defect_type=defect_type,
-                    preprocessing_config={"imported_from": str(legacy.path.relative_to(folder))},
-                    name=legacy.path.name,
-                )
+                # Per file: a rejected file leaves no product or defect type behind either.
+                with transaction.atomic():
+                    product, new_product = Product.objects.get_or_create(
+                        product_code=legacy.product,
+                        defaults={"product_name": legacy.product, "description": "Imported (V1)"},
+                    )
+                    defect_type, new_defect = None, False
+                    if legacy.image_type == ImageType.DEFECT:
+                        defect_type, new_defect = DefectType.objects.get_or_create(
+                            defect_code=legacy.defect,
+                            defaults={"defect_name_ko": legacy.defect, "defect_name_en": legacy.defect},
+                        )
+                    image_create(
+                        data=data,
+                        image_type=legacy.image_type,
+                        product=product,
+                        defect_type=defect_type,
+                        preprocessing_config={"imported_from": str(legacy.path.relative_to(folder))},
+                        name=legacy.path.name,
+                    )
             except (ValidationError, ServiceError) as exc:
                 message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else exc.message
                 rejected.append((str(legacy.path.relative_to(folder)), message))
                 continue
+            if new_product:
+                created_products.add(legacy.product)
+            if new_defect:
+                created_defects.add(legacy.defect)
             imported += 1
         verb = "Would import" if dry_run else "Imported"
         self.stdout.write(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -53,12 +52,13 @@ class Command(BaseCommand):
             raise CommandError("At least one build failed; the previously active index keeps serving.")
 
     def _run_here(self, build: IndexBuild) -> IndexBuild:
-        result: dict[str, IndexBuild] = {}
-        worker = threading.Thread(target=lambda: result.setdefault("build", index_build_run(build_id=build.pk)))
-        worker.start()
-        self._show_progress(build, until=lambda: not worker.is_alive())
-        worker.join()
-        return result["build"]
+        with tqdm(total=0, desc=f"{build.image_type} build {build.pk}", unit="img", file=self.stderr) as bar:
+
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            return index_build_run(build_id=build.pk, on_progress=show)
 
     def _wait(self, build: IndexBuild) -> IndexBuild:
         self.stdout.write(

@@ -1,0 +1,110 @@
+"""The real open_clip code path, with the tiny shipped architecture and random weights."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from indexing.embedder import Embedder, ImageDecodeError, WeightsUnavailable, get_embedder
+from tests.helpers import image_bytes
+
+TINY = "simsearch-tiny"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return get_embedder(model_name=TINY, pretrained="untrained")
+
+
+def loaders(blobs: list[bytes]) -> list:
+    return [lambda data=data: data for data in blobs]
+
+
+def test_vectors_are_normalised_float32_in_input_order(embedder: Embedder) -> None:
+    blobs = [image_bytes(seed=i, size=(90, 70)) for i in range(11)]
+    encoded = embedder.encode_images(loaders(blobs), batch_size=4)
+    assert encoded.vectors.dtype == np.float32 and encoded.vectors.shape == (11, embedder.dim)
+    assert np.allclose(np.linalg.norm(encoded.vectors, axis=1), 1.0, atol=1e-5)
+    assert encoded.present == list(range(11)) and encoded.missing == []
+    # Order and batching do not change a vector: each equals the single-image query embedding.
+    for i in (0, 5, 10):
+        assert float(embedder.encode_image_bytes(blobs[i])[0] @ encoded.vectors[i]) == pytest.approx(1.0, abs=1e-5)
+    assert float(encoded.vectors[0] @ encoded.vectors[1]) < 0.9999
+
+
+def test_untrained_weights_are_reproducible_and_flagged() -> None:
+    first = Embedder(model_name=TINY, pretrained="untrained")
+    second = Embedder(model_name=TINY, pretrained="untrained")
+    assert first.is_untrained and first.fingerprint == second.fingerprint
+    data = image_bytes(seed=3)
+    assert np.allclose(first.encode_image_bytes(data), second.encode_image_bytes(data), atol=1e-6)
+
+
+def test_missing_files_are_reported_and_bad_bytes_raise_with_position(embedder: Embedder) -> None:
+    def gone() -> bytes:
+        raise FileNotFoundError("deleted")
+
+    blobs = [image_bytes(seed=1), image_bytes(seed=2)]
+    encoded = embedder.encode_images([loaders(blobs)[0], gone, loaders(blobs)[1]], batch_size=2)
+    assert encoded.present == [0, 2] and encoded.missing == [1] and len(encoded.vectors) == 2
+    with pytest.raises(ImageDecodeError) as caught:
+        embedder.encode_images(loaders([blobs[0], b"garbage"]), batch_size=2)
+    assert caught.value.index == 1
+
+
+def test_progress_callback_counts_up_to_the_total(embedder: Embedder) -> None:
+    seen: list[int] = []
+    embedder.encode_images(loaders([image_bytes(seed=i) for i in range(10)]), batch_size=3, on_batch=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 10
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_embedding(embedder: Embedder) -> None:
+    rng = np.random.default_rng(0)
+    small = PILImage.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).resize((2048, 1536))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=92)
+    big_jpeg = buffer.getvalue()
+    png = io.BytesIO()
+    small.save(png, format="PNG")  # PNG has no draft mode: decoded at full size
+    draft, full = embedder.encode_image_bytes(big_jpeg)[0], embedder.encode_image_bytes(png.getvalue())[0]
+    assert float(draft @ full) > 0.98
+
+
+def test_text_queries_embed_to_the_same_space(embedder: Embedder) -> None:
+    vectors = embedder.encode_texts(["scratch on a metal surface", "a dent"])
+    assert vectors.shape == (2, embedder.dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_local_checkpoint_file_loads_and_is_fingerprinted(tmp_path: Path, embedder: Embedder) -> None:
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(embedder.model.state_dict(), checkpoint)
+    from_file = Embedder(model_name=TINY, pretrained=str(checkpoint))
+    assert not from_file.is_untrained
+    assert from_file.fingerprint != embedder.fingerprint
+    data = image_bytes(seed=5)
+    assert np.allclose(from_file.encode_image_bytes(data), embedder.encode_image_bytes(data), atol=1e-5)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-10] + b"0123456789")  # same size, other weights identity
+    assert Embedder(model_name=TINY, pretrained=str(checkpoint)).fingerprint != from_file.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "names"),
+    [
+        ("ViT-nope", "untrained", "SIMSEARCH_MODEL"),
+        (TINY, "/srv/models/missing-checkpoint.pt", "SIMSEARCH_PRETRAINED"),
+        ("ViT-B-32", "no-such-tag", "SIMSEARCH_PRETRAINED"),
+        # HF_HUB_OFFLINE=1 in tests: the hub is unreachable, exactly as on an air-gapped server.
+        ("ViT-B-32", "laion2b_s34b_b79k", "SIMSEARCH_PRETRAINED"),
+    ],
+    ids=["unknown-model", "missing-file", "unknown-tag", "hub-unreachable"],
+)
+def test_unloadable_weights_fail_loudly_naming_the_setting(model: str, pretrained: str, names: str) -> None:
+    with pytest.raises(WeightsUnavailable) as caught:
+        Embedder(model_name=model, pretrained=pretrained)
+    assert names in str(caught.value)

@@ -1,0 +1,86 @@
+"""One click in the admin -> a real qcluster process builds the index into SeaweedFS S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from django.core.files.storage import default_storage
+from django.urls import reverse
+
+from indexing.artifacts import MANIFEST_FILE
+from indexing.models import BuildStatus, IndexBuild
+from indexing.services import builds_fail_stale, index_build_request
+from tests.conftest import running_qcluster
+from tests.indexing.conftest import add_images, build_now
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_for(predicate, timeout: float = 90, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_rebuild_action_in_the_admin_is_built_by_a_real_qcluster_into_s3(
+    client, staff_user, s3_storage, product, scratch, tmp_path
+):
+    images = add_images(product, scratch, 5)
+    client.force_login(staff_user)
+    response = client.post(
+        reverse("admin:catalog_image_changelist"),
+        {"action": "rebuild_defect_index", "_selected_action": [images[0].pk]},
+    )
+    assert response.status_code == 302 and response["Location"].endswith("/admin/indexing/indexbuild/")
+    build = IndexBuild.objects.get()
+    assert build.status == BuildStatus.QUEUED and build.task_id
+    with running_qcluster(tmp_path / "qcluster.log", **s3_storage.env()):
+        wait_for(lambda: IndexBuild.objects.get(pk=build.pk).status not in ("queued", "running"))
+    build.refresh_from_db()
+    assert build.status == BuildStatus.READY, build.error
+    assert build.is_active and build.vector_count == 5 and build.requested_by == staff_user
+    # The artifacts are in the bucket, under the test's prefix.
+    keys = [
+        o["Key"]
+        for o in s3_storage.server.client().list_objects_v2(
+            Bucket=s3_storage.server.bucket, Prefix=s3_storage.location
+        )["Contents"]
+    ]
+    assert f"{s3_storage.location}/{build.artifact_prefix}/{MANIFEST_FILE}" in keys
+    assert default_storage.exists(f"{build.artifact_prefix}/faiss_index.bin")
+
+
+def test_killed_worker_is_detected_and_the_active_build_stays(product, scratch, tmp_path, settings):
+    add_images(product, scratch, 40)
+    good = build_now()
+    assert good.is_active
+    add_images(product, scratch, 40, start=40)
+    (build,) = index_build_request(index_type="defect")
+    # A bigger model and one image per batch make the build slow enough to kill part-way.
+    env = {"SIMSEARCH_MODEL": "ViT-B-32", "SIMSEARCH_EMBED_BATCH_SIZE": "1", "SIMSEARCH_TORCH_THREADS": "1"}
+    with running_qcluster(tmp_path / "qcluster.log", **env):
+
+        def embedding() -> IndexBuild | None:
+            current = IndexBuild.objects.get(pk=build.pk)
+            assert current.status in ("queued", "running"), current.error
+            return current if current.status == "running" and current.progress_done > 0 else None
+
+        running = wait_for(embedding, timeout=120)
+        os.kill(int(running.worker.rpartition(":")[2]), signal.SIGKILL)
+        wait_for(lambda: builds_fail_stale() == 1, timeout=10)
+    build.refresh_from_db()
+    assert build.status == BuildStatus.FAILED and "died" in build.error and not build.is_active
+    good.refresh_from_db()
+    assert good.is_active
+    assert not build.artifact_prefix or not default_storage.exists(f"{build.artifact_prefix}/{MANIFEST_FILE}")
+    # A new rebuild succeeds and reuses what the killed build had already embedded and cached.
+    after = build_now()
+    assert after.status == BuildStatus.READY and after.vector_count == 80
+    assert after.reused_count >= 40
