@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The demo runs on SQLite + local files under ./var/demo with development settings.
-DEMO_ENV := DJANGO_DEBUG=true SIMSEARCH_DATA_DIR=$(CURDIR)/var/demo SIMSEARCH_STORAGE=local
+# The demo runs on SQLite + local files under ./var/demo with development settings, offline:
+# open_clip weights come from the local cache or a checkpoint file, never a download.
+DEMO_ENV := DJANGO_DEBUG=true SIMSEARCH_DATA_DIR=$(CURDIR)/var/demo SIMSEARCH_STORAGE=local HF_HUB_OFFLINE=1
 
 .PHONY: venv test lint demo demo-data clean
 
@@ -29,8 +30,11 @@ demo-data: venv
 	$(DEMO_ENV) $(PY) manage.py create_demo_admin
 	$(DEMO_ENV) $(PY) manage.py load_demo_catalog
 
+# Uses the configured weights when they load, otherwise untrained weights (with a loud warning).
 demo: demo-data
-	$(DEMO_ENV) $(PY) manage.py serve_demo --host $(HOST) --port $(PORT)
+	@weights="$$($(DEMO_ENV) $(PY) manage.py demo_weights)" && \
+	$(DEMO_ENV) SIMSEARCH_PRETRAINED="$$weights" $(PY) manage.py rebuild_index --type all --sync && \
+	$(DEMO_ENV) SIMSEARCH_PRETRAINED="$$weights" $(PY) manage.py serve_demo --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf var/demo var/test

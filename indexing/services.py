@@ -56,11 +56,14 @@ def _gallery_types(index_type: str) -> list[str]:
     raise ServiceError(f"Unknown index type {index_type!r}; use defect, normal or all.", code="invalid_index_type")
 
 
-def index_build_request(*, index_type: str, engine: str = IndexEngine.V2, requested_by: Any = None) -> list[IndexBuild]:
+def index_build_request(
+    *, index_type: str, engine: str = IndexEngine.V2, requested_by: Any = None, enqueue: bool = True
+) -> list[IndexBuild]:
     """Queue a build per image type, or return the build already queued/running for that type.
 
     New builds are handed to the task queue when the transaction commits, as one task that
-    runs them one after another (each build uses every core it is given)."""
+    runs them one after another (each build uses every core it is given). With
+    `enqueue=False` the caller runs them itself (`rebuild_index --sync`)."""
     if engine not in IndexEngine.values:
         raise ServiceError(f"Unknown engine {engine!r}; use v2 or v1.", code="invalid_engine")
     if engine == IndexEngine.V1 and not settings.INDEX_DIR_V1:
@@ -84,7 +87,7 @@ def index_build_request(*, index_type: str, engine: str = IndexEngine.V2, reques
                 # One pending build per type (database constraint): hand back the one in flight.
                 build = IndexBuild.objects.get(image_type=image_type, engine=engine, status__in=PENDING_STATUSES)
             builds.append(build)
-        if new_ids:
+        if new_ids and enqueue:
             transaction.on_commit(lambda: _enqueue(new_ids))
     return builds
 

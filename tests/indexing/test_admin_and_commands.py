@@ -79,9 +79,11 @@ def test_untrained_builds_are_flagged_in_the_changelist(staff_client, gallery):
     assert "⚠ untrained weights" in page and 'id="untrained-warning"' in page
 
 
-def test_rebuild_index_command_sync(gallery):
+def test_rebuild_index_command_sync(gallery, django_capture_on_commit_callbacks):
     out, err = StringIO(), StringIO()
-    call_command("rebuild_index", "--type", "defect", "--sync", stdout=out, stderr=err)
+    with django_capture_on_commit_callbacks() as queued:
+        call_command("rebuild_index", "--type", "defect", "--sync", stdout=out, stderr=err)
+    assert queued == []  # built here, not also handed to the task queue
     build = IndexBuild.objects.get()
     assert build.status == BuildStatus.READY and f"Build {build.pk}" in out.getvalue()
     assert "untrained" in err.getvalue()

@@ -38,7 +38,7 @@ class Command(BaseCommand):
                 )
             )
         try:
-            builds = index_build_request(index_type=index_type, engine=engine)
+            builds = index_build_request(index_type=index_type, engine=engine, enqueue=not sync)
         except ServiceError as exc:
             raise CommandError(exc.message) from exc
         failed = False
