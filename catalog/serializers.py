@@ -6,6 +6,12 @@ from rest_framework import serializers
 
 from catalog.models import DefectType, Image, ImageType, Product
 
+# Catalog uploads are gallery images; temporary query images come through the worker API.
+UPLOAD_IMAGE_TYPES = [
+    (ImageType.DEFECT.value, ImageType.DEFECT.label),
+    (ImageType.NORMAL.value, ImageType.NORMAL.label),
+]
+
 
 class ProductSerializer(serializers.ModelSerializer):
     class Meta:
@@ -75,7 +81,7 @@ class ImageOutputSerializer(serializers.ModelSerializer):
 
 class ImageUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="The image (JPEG, PNG, BMP, TIFF or WEBP).")
-    image_type = serializers.ChoiceField(choices=[ImageType.DEFECT, ImageType.NORMAL])
+    image_type = serializers.ChoiceField(choices=UPLOAD_IMAGE_TYPES)
     product_code = serializers.CharField(max_length=64)
     defect_code = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     preprocessing_config = serializers.JSONField(required=False, default=dict)

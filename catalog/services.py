@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
 from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes
 from catalog.models import DefectType, Image, ImageType, Product
-from simsearch_project.errors import StorageUnavailable
+from catalog.storage import read_object
+from simsearch_project.errors import NotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +174,41 @@ def _delete_file_quietly(*, storage, name: str) -> None:  # type: ignore[no-unty
     except Exception:
         # The row is gone; a leftover object costs only space and is logged for cleanup.
         logger.exception("Could not delete %s from storage", name)
+
+
+def temp_image_register(
+    *, storage_key: str, product: Product, defect_type: DefectType | None, ttl_seconds: int
+) -> Image:
+    """Record an object a line worker already put in storage as a temporary query image.
+    It is never indexed and is deleted (row and object) once it expires."""
+    try:
+        data = read_object(storage_key)
+    except FileNotFoundError:
+        raise NotFound(f"No object {storage_key!r} in the configured storage.") from None
+    except Exception as exc:
+        raise StorageUnavailable(f"The storage could not be read: {exc}") from exc
+    info = image_inspect(data=data)
+    image = _build(
+        info=info,
+        image_type=ImageType.QUERY_TEMP,
+        product=product,
+        defect_type=defect_type,
+        preprocessing_config={"registered_by": "worker"},
+        expires_at=timezone.now() + timedelta(seconds=ttl_seconds),
+    )
+    image.file.name = storage_key
+    image.full_clean(exclude=["file"])
+    image.save()
+    return image
+
+
+def temp_images_purge(*, now: datetime | None = None) -> int:
+    """Delete expired temporary query images, rows and stored objects."""
+    expired = Image.objects.filter(image_type=ImageType.QUERY_TEMP, expires_at__lte=now or timezone.now())
+    count = 0
+    for image in expired.iterator():
+        image_delete(image=image)
+        count += 1
+    if count:
+        logger.info("Purged %s expired temporary images", count)
+    return count

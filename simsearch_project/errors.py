@@ -27,3 +27,8 @@ class Conflict(ServiceError):
 class StorageUnavailable(ServiceError):
     status_code = 503
     code = "storage_unavailable"
+
+
+class ServiceUnavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"

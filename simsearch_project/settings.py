@@ -76,6 +76,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "simsearch_project.middleware.api_body_size_limit",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -205,6 +206,12 @@ SIMSEARCH_REBUILD_ON_STARTUP = env_bool("SIMSEARCH_REBUILD_ON_STARTUP", False)
 USE_INDEX_V2 = env_bool("USE_INDEX_V2", True)
 INDEX_DIR_V1 = env_str("INDEX_DIR_V1")
 
+# --- Search API ---------------------------------------------------------------------------
+SIMSEARCH_SEARCH_THROTTLE = env_str("SIMSEARCH_SEARCH_THROTTLE", "600/minute")
+SIMSEARCH_TEMP_IMAGE_TTL_SECONDS = env_int("SIMSEARCH_TEMP_IMAGE_TTL_SECONDS", 24 * 3600)
+# Largest request body /api/ accepts (an upload plus its form fields).
+SIMSEARCH_MAX_REQUEST_BYTES = env_int("SIMSEARCH_MAX_REQUEST_BYTES", SIMSEARCH_MAX_UPLOAD_BYTES + 1024 * 1024)
+
 # --- Cache, queue -------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -262,6 +269,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"search": SIMSEARCH_SEARCH_THROTTLE},
     "EXCEPTION_HANDLER": "simsearch_project.api.exception_handler",
 }
 
@@ -271,6 +279,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "CatalogImageTypeEnum": "catalog.models.ImageType",
+        "GalleryTypeEnum": "indexing.models.GalleryType",
+        "QueryTempTypeEnum": ["query_temp"],
+        "UploadImageTypeEnum": "catalog.serializers.UPLOAD_IMAGE_TYPES",
+    },
 }
 
 LANGUAGE_CODE = "en-us"

@@ -4,9 +4,14 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from search_api.apis import healthz, readyz
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("catalog.urls")),
+    path("api/", include("search_api.urls")),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
         "api/docs/",

@@ -1,0 +1,367 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, permissions, serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from catalog.image_validation import read_limited
+from catalog.models import Image
+from catalog.selectors import defect_type_get_by_code, product_get_by_code
+from catalog.services import image_inspect, temp_image_register
+from catalog.storage import read_object
+from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
+from indexing.artifacts import LoadedIndex
+from indexing.models import IndexBuild, IndexEngine
+from indexing.selectors import build_list, serving_engine
+from indexing.services import builds_fail_stale, index_build_activate, index_build_request
+from search_api.index_cache import index_cache
+from search_api.search import SearchQuery, similarity_search
+from search_api.serializers import (
+    IndexBuildSerializer,
+    RebuildRequestSerializer,
+    RebuildResponseSerializer,
+    SimilaritySearchRequestSerializer,
+    SimilaritySearchResponseSerializer,
+    WorkerImageRegisterResponseSerializer,
+    WorkerImageRegisterSerializer,
+)
+from simsearch_project.errors import NotFound, StorageUnavailable
+
+UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
+
+
+def _bad_request(field: str, message: str) -> serializers.ValidationError:
+    return serializers.ValidationError({field: [message]})
+
+
+def storage_key(url: str, request: Request, field: str = "storage_url") -> str:
+    try:
+        return storage_key_from_url(url, request_host=request.get_host())
+    except RefusedStorageUrl as exc:
+        raise _bad_request(field, str(exc)) from None
+
+
+def _read_query_object(key: str) -> bytes:
+    try:
+        data = read_object(key)
+    except FileNotFoundError:
+        raise NotFound(f"No object {key!r} in the configured storage.") from None
+    except Exception as exc:
+        raise StorageUnavailable(f"The storage could not be read: {exc}") from exc
+    return data
+
+
+def _checked_image(data: bytes, field: str) -> bytes:
+    try:
+        image_inspect(data=data)
+    except ValidationError as exc:
+        raise _bad_request(field, " ".join(exc.message_dict["file"])) from None
+    return data
+
+
+def _absolute_url(request: Request, url: str) -> str:
+    return request.build_absolute_uri(url) if url.startswith("/") else url
+
+
+def _index_info(loaded: LoadedIndex) -> dict[str, Any]:
+    manifest = loaded.manifest
+    return {
+        "build_id": loaded.build_id,
+        "image_type": manifest["image_type"],
+        "engine": manifest["engine"],
+        "model": manifest["model_name"],
+        "pretrained": manifest["pretrained"],
+        "is_untrained": bool(manifest.get("is_untrained")),
+        "built_at": manifest["created_at"],
+        "vector_count": loaded.size,
+    }
+
+
+class SimilaritySearchApi(APIView):
+    """Find the catalog images most similar to a photo (or a text), from the active index."""
+
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "search"
+
+    @extend_schema(
+        request={
+            "multipart/form-data": SimilaritySearchRequestSerializer,
+            "application/json": SimilaritySearchRequestSerializer,
+        },
+        responses={
+            200: SimilaritySearchResponseSerializer,
+            400: OpenApiResponse(description="Invalid query (the body names the problem)"),
+            404: OpenApiResponse(description="image_id or storage object not found"),
+            409: OpenApiResponse(description="The index was built with another model: rebuild"),
+            503: OpenApiResponse(description="No index yet (run a rebuild), or storage/database unavailable"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        params = SimilaritySearchRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        engine = serving_engine(settings.USE_INDEX_V2)
+        image, label = self._query_image(request, data)
+        product_code, defect_code = data.get("product_code"), data.get("defect_code")
+        self._check_codes(engine, data["image_type"], product_code, defect_code)
+        outcome = similarity_search(
+            SearchQuery(
+                image=image,
+                text=data.get("text"),
+                top_k=data["top_k"],
+                image_type=data["image_type"],
+                engine=engine,
+                product_code=product_code,
+                defect_code=defect_code,
+                exclude_image_id=data.get("exclude_image_id"),
+            )
+        )
+        records = outcome.index.records
+        if engine == IndexEngine.V1:
+            results = [
+                {
+                    "image_path": records[i]["image_path"],
+                    "similarity_score": round(score, 6),
+                    "product": records[i]["product"],
+                    "defect": records[i]["defect"],
+                }
+                for i, score in outcome.hits
+            ]
+        else:
+            results = [self._v2_result(request, records[i], score) for i, score in outcome.hits]
+        body: dict[str, Any] = {
+            "status": "success",
+            "version": engine,
+            "query_image": label,
+            "index": _index_info(outcome.index),
+            "results": results,
+        }
+        if body["index"]["is_untrained"]:
+            body["warning"] = UNTRAINED_WARNING
+        return Response(body)
+
+    def _query_image(self, request: Request, data: dict[str, Any]) -> tuple[bytes | None, str]:
+        if data.get("image") is not None:
+            upload = data["image"]
+            try:
+                return _checked_image(read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES), "image"), (
+                    upload.name or "upload"
+                )
+            finally:
+                upload.close()  # a spooled temporary file is removed now, on errors too
+        if data.get("image_id") is not None:
+            image = Image.objects.filter(pk=data["image_id"]).only("file").first()
+            if image is None:
+                raise NotFound(f"No catalog image with id {data['image_id']}.")
+            return _read_query_object(image.file.name), f"image_id:{image.pk}"
+        if data.get("storage_url"):
+            key = storage_key(data["storage_url"], request)
+            return _checked_image(_read_query_object(key), "storage_url"), key
+        return None, f"text:{data['text']}"
+
+    def _check_codes(self, engine: str, image_type: str, product_code: str | None, defect_code: str | None) -> None:
+        if engine == IndexEngine.V2:
+            if product_code and product_get_by_code(product_code=product_code) is None:
+                raise _bad_request("product_code", f"Unknown product code {product_code!r}.")
+            if defect_code and defect_type_get_by_code(defect_code=defect_code) is None:
+                raise _bad_request("defect_code", f"Unknown defect code {defect_code!r}.")
+            return
+        loaded = index_cache.get(engine=engine, image_type=image_type)
+        if loaded is not None:
+            products = {r["product"] for r in loaded.records.values()}
+            defects = {r["defect"] for r in loaded.records.values()}
+            if product_code and product_code not in products:
+                raise _bad_request("product_code", f"Unknown product {product_code!r} in the legacy gallery.")
+            if defect_code and defect_code not in defects:
+                raise _bad_request("defect_code", f"Unknown defect {defect_code!r} in the legacy gallery.")
+
+    def _v2_result(self, request: Request, record: dict[str, Any], score: float) -> dict[str, Any]:
+        return {
+            "image_id": record["image_id"],
+            "similarity_score": round(score, 6),
+            "local_path": record["local_path"],
+            # Presigned links expire and embed the signing host: made per response, never stored.
+            "storage_url": _absolute_url(request, default_storage.url(record["local_path"])),
+            "product_code": record["product_code"],
+            "product_name": record["product_name"],
+            "defect_code": record["defect_code"],
+            "defect_name": record["defect_name"],
+            "defect_name_en": record.get("defect_name_en"),
+            "image_type": record["image_type"],
+        }
+
+
+class IsStaff(permissions.BasePermission):
+    def has_permission(self, request: Request, view: object) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class IndexRebuildApi(APIView):
+    """Queue index rebuilds (`index_type` = defect, normal or all, in the body or query string)."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        request=RebuildRequestSerializer,
+        responses={202: RebuildResponseSerializer, 200: RebuildResponseSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        raw = request.data.get("index_type") if hasattr(request.data, "get") else None
+        params = RebuildRequestSerializer(data={"index_type": raw or request.query_params.get("index_type", "all")})
+        params.is_valid(raise_exception=True)
+        asked_at = timezone.now()
+        builds = index_build_request(
+            index_type=params.validated_data["index_type"],
+            engine=serving_engine(settings.USE_INDEX_V2),
+            requested_by=request.user,
+        )
+        builds = list(IndexBuild.objects.filter(pk__in=[b.pk for b in builds]).order_by("image_type"))
+        new = any(b.created_at >= asked_at for b in builds)
+        return Response(
+            {
+                "task_id": next((b.task_id for b in builds if b.task_id), None),
+                "status": "queued" if new else "already_in_progress",
+                "builds": IndexBuildSerializer(builds, many=True).data,
+            },
+            status=status.HTTP_202_ACCEPTED if new else status.HTTP_200_OK,
+        )
+
+
+class IndexBuildListApi(generics.ListAPIView):
+    permission_classes = [IsStaff]
+    serializer_class = IndexBuildSerializer
+    filterset_fields = ["status", "image_type", "engine", "is_active"]
+    ordering_fields = ["created_at", "id"]
+    queryset = build_list()
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        builds_fail_stale()
+        return super().list(request, *args, **kwargs)
+
+
+class IndexBuildDetailApi(generics.RetrieveAPIView):
+    permission_classes = [IsStaff]
+    serializer_class = IndexBuildSerializer
+    queryset = build_list()
+
+
+class IndexBuildActivateApi(APIView):
+    """Promote or roll back to a ready build; every serving process switches within seconds."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(request=None, responses={200: IndexBuildSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        build = IndexBuild.objects.filter(pk=pk).first()
+        if build is None:
+            raise NotFound(f"No index build {pk}.")
+        return Response(IndexBuildSerializer(index_build_activate(build=build)).data)
+
+
+class IndexStatusApi(APIView):
+    """Which build answers each image type, in the database and in this process."""
+
+    @extend_schema(responses={200: OpenApiResponse(description="Active builds and the engine in use")})
+    def get(self, request: Request) -> Response:
+        state = index_cache.state()
+        engine = serving_engine(settings.USE_INDEX_V2)
+        active = {}
+        for build in IndexBuild.objects.filter(is_active=True):
+            active.setdefault(build.engine, {})[build.image_type] = IndexBuildSerializer(build).data
+        return Response(
+            {
+                "engine": engine,
+                "active": active,
+                "loaded": {f"{e}/{t}": idx.build_id for (e, t), idx in state.loaded.items()},
+                "degraded": state.degraded or None,
+            }
+        )
+
+
+class WorkerImageRegisterApi(APIView):
+    """Register an object a line worker uploaded to storage as a temporary query image."""
+
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @extend_schema(request=WorkerImageRegisterSerializer, responses={201: WorkerImageRegisterResponseSerializer})
+    def post(self, request: Request) -> Response:
+        params = WorkerImageRegisterSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        product = product_get_by_code(product_code=data["product_code"])
+        if product is None:
+            raise _bad_request("product_code", f"Unknown product code {data['product_code']!r}.")
+        defect_type = None
+        if data["defect_code"]:
+            defect_type = defect_type_get_by_code(defect_code=data["defect_code"])
+            if defect_type is None:
+                raise _bad_request("defect_code", f"Unknown defect code {data['defect_code']!r}.")
+        try:
+            image = temp_image_register(
+                storage_key=storage_key(data["storage_url"], request),
+                product=product,
+                defect_type=defect_type,
+                ttl_seconds=settings.SIMSEARCH_TEMP_IMAGE_TTL_SECONDS,
+            )
+        except ValidationError as exc:
+            messages = exc.message_dict.get("file") or exc.messages
+            raise _bad_request("storage_url", " ".join(messages)) from None
+        return Response(
+            {
+                "image_id": image.pk,
+                "image_type": image.image_type,
+                "local_path": image.file.name,
+                "expires_at": image.expires_at,
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready = database reachable and the serving engine's active builds loaded."""
+    database = "ok"
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        database = f"unreachable ({type(exc).__name__})"
+        connection.close()
+    state = index_cache.state()
+    engine = serving_engine(settings.USE_INDEX_V2)
+    loaded = {f"{e}/{t}": idx.build_id for (e, t), idx in state.loaded.items()}
+    serving = [key for key in loaded if key.startswith(f"{engine}/")]
+    if database == "ok" and serving:
+        status_text, code = "ready", 200
+    elif serving:
+        status_text, code = "degraded", 200  # answering from the local cache
+    else:
+        status_text, code = "not_ready", 503
+    return JsonResponse(
+        {
+            "status": status_text,
+            "database": database,
+            "engine": engine,
+            "loaded": loaded,
+            "degraded": state.degraded or None,
+            "load_errors": {f"{e}/{t}": msg for (e, t), msg in state.load_errors.items()} or None,
+            "hint": None if serving else "No active index loaded: run a rebuild (admin or POST /api/index/rebuild/).",
+        },
+        status=code,
+    )

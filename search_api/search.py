@@ -1,0 +1,70 @@
+"""Similarity search: embed the query with the serving model, search the active index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexing.artifacts import LoadedIndex
+from indexing.embedder import WeightsUnavailable
+from indexing.runtime import current_embedder
+from indexing.vector_index import search
+from search_api.index_cache import index_cache
+from simsearch_project.errors import Conflict, ServiceError, ServiceUnavailable
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    image: bytes | None
+    text: str | None
+    top_k: int
+    image_type: str
+    engine: str
+    product_code: str | None = None
+    defect_code: str | None = None
+    exclude_image_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    index: LoadedIndex
+    hits: list[tuple[int, float]]
+
+
+def serving_index(*, engine: str, image_type: str) -> LoadedIndex:
+    loaded = index_cache.get(engine=engine, image_type=image_type)
+    if loaded is None:
+        raise ServiceUnavailable(
+            f"There is no active {engine} {image_type} index yet. Run a rebuild: the admin's Index builds page, "
+            "POST /api/index/rebuild/, or `manage.py rebuild_index`.",
+            code="no_index",
+        )
+    return loaded
+
+
+def similarity_search(query: SearchQuery) -> SearchOutcome:
+    loaded = serving_index(engine=query.engine, image_type=query.image_type)
+    try:
+        embedder = current_embedder()
+    except WeightsUnavailable as exc:
+        raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
+    if embedder.fingerprint != loaded.fingerprint:
+        raise Conflict(
+            f"The active {query.image_type} index (build {loaded.build_id}) was made with model "
+            f"{loaded.manifest.get('model_name')} ({loaded.manifest.get('pretrained')}), but this server embeds "
+            f"queries with {embedder.model_name} ({embedder.pretrained}). Rebuild the index so both match.",
+            code="model_mismatch",
+        )
+    if query.image is not None:
+        try:
+            vector = embedder.encode_image_bytes(query.image)
+        except Exception as exc:  # validated upstream; a decoder can still refuse odd files
+            raise ServiceError(f"The query image could not be decoded: {exc}", code="bad_image") from exc
+    else:
+        vector = embedder.encode_texts([query.text or ""])
+    allowed = loaded.ids_matching(product_code=query.product_code, defect_code=query.defect_code)
+    if query.exclude_image_id is not None:
+        base = allowed if allowed is not None else np.fromiter(loaded.records, dtype=np.int64)
+        allowed = base[base != query.exclude_image_id]
+    return SearchOutcome(index=loaded, hits=search(loaded.index, vector[0], query.top_k, allowed_ids=allowed))

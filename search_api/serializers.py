@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from indexing.models import GalleryType, IndexBuild
+
+
+class SimilaritySearchRequestSerializer(serializers.Serializer):
+    """Exactly one query: `image` (multipart file), `image_id`, `storage_url` or `text`."""
+
+    image = serializers.FileField(required=False, help_text="The query photo (JPEG, PNG, BMP, TIFF, WEBP).")
+    image_id = serializers.IntegerField(required=False, min_value=1, help_text="Search with a catalog image.")
+    storage_url = serializers.CharField(
+        required=False, max_length=2000, help_text="A link to an object in this deployment's bucket or media."
+    )
+    text = serializers.CharField(
+        required=False, max_length=500, help_text='A text query, e.g. "scratch on a metal surface".'
+    )
+    top_k = serializers.IntegerField(required=False, default=5, min_value=1, max_value=100)
+    image_type = serializers.ChoiceField(choices=GalleryType.values, required=False, default=GalleryType.DEFECT)
+    product_code = serializers.CharField(required=False, max_length=64, allow_blank=False)
+    defect_code = serializers.CharField(required=False, max_length=64, allow_blank=False)
+    exclude_image_id = serializers.IntegerField(required=False, min_value=1)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        given = [name for name in ("image", "image_id", "storage_url", "text") if attrs.get(name) not in (None, "")]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                {
+                    "query": "Send exactly one of image, image_id, storage_url or text"
+                    + (f" (got {', '.join(given)})." if given else ".")
+                }
+            )
+        if "text" in given and not attrs["text"].strip():
+            raise serializers.ValidationError({"text": "The text query is empty."})
+        return attrs
+
+
+class IndexInfoSerializer(serializers.Serializer):
+    build_id = serializers.IntegerField()
+    image_type = serializers.CharField()
+    engine = serializers.CharField()
+    model = serializers.CharField()
+    pretrained = serializers.CharField()
+    is_untrained = serializers.BooleanField()
+    built_at = serializers.CharField()
+    vector_count = serializers.IntegerField()
+
+
+class V2ResultSerializer(serializers.Serializer):
+    image_id = serializers.IntegerField()
+    similarity_score = serializers.FloatField()
+    local_path = serializers.CharField()
+    storage_url = serializers.CharField()
+    product_code = serializers.CharField()
+    product_name = serializers.CharField()
+    defect_code = serializers.CharField(allow_null=True)
+    defect_name = serializers.CharField(allow_null=True)
+    defect_name_en = serializers.CharField(allow_null=True)
+    image_type = serializers.CharField()
+
+
+class V1ResultSerializer(serializers.Serializer):
+    image_path = serializers.CharField()
+    similarity_score = serializers.FloatField()
+    product = serializers.CharField()
+    defect = serializers.CharField()
+
+
+class SimilaritySearchResponseSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    version = serializers.ChoiceField(choices=["v1", "v2"])
+    query_image = serializers.CharField()
+    index = IndexInfoSerializer()
+    results = V2ResultSerializer(many=True, help_text="V1 answers carry image_path, similarity_score, product, defect.")
+    warning = serializers.CharField(required=False)
+
+
+class IndexBuildSerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    duration_seconds = serializers.FloatField(read_only=True)
+
+    class Meta:
+        model = IndexBuild
+        fields = [
+            "id",
+            "image_type",
+            "engine",
+            "status",
+            "is_active",
+            "progress_done",
+            "progress_total",
+            "vector_count",
+            "embedded_count",
+            "reused_count",
+            "missing_count",
+            "model_name",
+            "pretrained",
+            "is_untrained",
+            "model_fingerprint",
+            "artifact_prefix",
+            "timings",
+            "error",
+            "requested_by",
+            "task_id",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "activated_at",
+            "duration_seconds",
+        ]
+
+
+class RebuildRequestSerializer(serializers.Serializer):
+    index_type = serializers.ChoiceField(choices=["defect", "normal", "all"], required=False, default="all")
+
+
+class RebuildResponseSerializer(serializers.Serializer):
+    task_id = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+    builds = IndexBuildSerializer(many=True)
+
+
+class WorkerImageRegisterSerializer(serializers.Serializer):
+    storage_url = serializers.CharField(max_length=2000)
+    image_type = serializers.ChoiceField(choices=["query_temp"])
+    product_code = serializers.CharField(max_length=64)
+    defect_code = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+
+
+class WorkerImageRegisterResponseSerializer(serializers.Serializer):
+    image_id = serializers.IntegerField()
+    image_type = serializers.CharField()
+    local_path = serializers.CharField()
+    expires_at = serializers.DateTimeField()
