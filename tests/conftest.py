@@ -260,6 +260,62 @@ def running_qcluster(log_path: Path, **env: str) -> Iterator[subprocess.Popen]:
         print(log_path.read_text(errors="replace")[-3000:])
 
 
+@contextlib.contextmanager
+def running_gunicorn(log_path: Path, *, workers: int = 2, **env: str) -> Iterator[str]:
+    """The app under gunicorn on 127.0.0.1 (no --preload: each worker loads torch after fork).
+    Yields its base URL once /healthz answers."""
+    import requests
+
+    port = free_ports(1)[0]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                os.sys.executable,
+                "-m",
+                "gunicorn",
+                "simsearch_project.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--timeout",
+                "120",
+                "--graceful-timeout",
+                "5",
+            ],
+            cwd=ROOT,
+            env=server_env(
+                **{
+                    "SIMSEARCH_TORCH_THREADS": "1",
+                    "SIMSEARCH_INDEX_POLL_SECONDS": "0.5",
+                    "SIMSEARCH_SEARCH_THROTTLE": "1000000/minute",  # load, not throttling, is under test
+                    **env,
+                }
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not answer /healthz within 60 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        stop_process(process, timeout=20)
+        print(log_path.read_text(errors="replace")[-3000:])
+
+
 @pytest.fixture
 def qcluster(transactional_db, tmp_path: Path) -> Iterator[subprocess.Popen]:
     with running_qcluster(tmp_path / "qcluster.log") as process:
