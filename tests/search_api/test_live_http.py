@@ -290,7 +290,9 @@ def test_hot_swap_under_concurrent_searches_fails_no_request(tmp_path, tokens, p
                 switched_at = time.monotonic()
                 assert staff.post(f"/api/index/builds/{target.pk}/activate/").status_code == 200
                 wait_until(
-                    lambda target=target: sum(1 for t, b in seen if t > switched_at + 2.5 and b == target.pk) >= 4,
+                    lambda target=target, since=switched_at: (
+                        sum(1 for t, b in seen if t > since + 2.5 and b == target.pk) >= 4
+                    ),
                     timeout=30,
                 )
                 late = [b for t, b in seen if t > switched_at + 2.5]
