@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DatabaseError, connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import ProtectedError, RestrictedError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -47,7 +47,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(_django_validation_payload(exc), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ServiceError):
         return Response({"detail": exc.message, "code": exc.code}, status=exc.status_code)
-    if isinstance(exc, DatabaseError):
+    if isinstance(exc, (OperationalError, InterfaceError)):
         # A dropped connection must not stay broken for the next request of this worker.
         connection.close()
         return Response(
