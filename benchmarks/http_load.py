@@ -37,9 +37,10 @@ class LoadResult:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
 
     def summary(self) -> str:
+        total = len(self.latencies) + len(self.errors)
         return (
             f"{self.requests_per_second:.1f} req/s, p50 {self.percentile(50):.0f} ms, p95 {self.percentile(95):.0f} "
-            f"ms, p99 {self.percentile(99):.0f} ms, {len(self.errors)} errors / {len(self.latencies) + len(self.errors)}"
+            f"ms, p99 {self.percentile(99):.0f} ms, {len(self.errors)} errors / {total}"
         )
 
 

@@ -56,7 +56,8 @@ def main(table: Table | None = None, images: int = 2000) -> Table:
             f"{incremental.reused_count} reused)",
             incremental_s / full_s,
             "<= 0.10",
-            f"{third} deleted, {third} relabelled, {changed - 2 * third} added; full build embedded {full.embedded_count}",
+            f"{third} deleted, {third} relabelled, {changed - 2 * third} added; "
+            f"full build embedded {full.embedded_count}",
         )
     )
     return table

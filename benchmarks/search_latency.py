@@ -118,7 +118,8 @@ def main(table: Table | None = None, vectors: int = 10_000, queries: int = 60) -
     table.add(
         Row(
             f"search latency in-process, {vectors:,}-vector index",
-            f"p50 {p50_full * 1000:.1f} ms vs bare {p50_bare * 1000:.1f} ms; p99 {percentile(full_times, 99) * 1000:.1f} ms",
+            f"p50 {p50_full * 1000:.1f} ms vs bare {p50_bare * 1000:.1f} ms; "
+            f"p99 {percentile(full_times, 99) * 1000:.1f} ms",
             p50_full / p50_bare - 1,
             "overhead <= 0.15",
             f"{queries} queries, 224 px JPEG upload, top_k 5; bare = embed + FAISS search",
