@@ -63,7 +63,8 @@ def index_build_request(
 
     New builds are handed to the task queue when the transaction commits, as one task that
     runs them one after another (each build uses every core it is given). With
-    `enqueue=False` the caller runs them itself (`rebuild_index --sync`)."""
+    `enqueue=False` the caller runs them itself (`rebuild_index --sync`). Each returned build
+    carries `newly_queued`: False when it is the build that was already in flight."""
     if engine not in IndexEngine.values:
         raise ServiceError(f"Unknown engine {engine!r}; use v2 or v1.", code="invalid_engine")
     if engine == IndexEngine.V1 and not settings.INDEX_DIR_V1:
@@ -83,9 +84,11 @@ def index_build_request(
                         requested_by=requested_by if getattr(requested_by, "pk", None) else None,
                     )
                 new_ids.append(build.pk)
+                build.newly_queued = True  # type: ignore[attr-defined]
             except IntegrityError:
                 # One pending build per type (database constraint): hand back the one in flight.
                 build = IndexBuild.objects.get(image_type=image_type, engine=engine, status__in=PENDING_STATUSES)
+                build.newly_queued = False  # type: ignore[attr-defined]
             builds.append(build)
         if new_ids and enqueue:
             transaction.on_commit(lambda: _enqueue(new_ids))

@@ -7,7 +7,6 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -222,14 +221,14 @@ class IndexRebuildApi(APIView):
         raw = request.data.get("index_type") if hasattr(request.data, "get") else None
         params = RebuildRequestSerializer(data={"index_type": raw or request.query_params.get("index_type", "all")})
         params.is_valid(raise_exception=True)
-        asked_at = timezone.now()
         builds = index_build_request(
             index_type=params.validated_data["index_type"],
             engine=serving_engine(settings.USE_INDEX_V2),
             requested_by=request.user,
         )
+        new = any(b.newly_queued for b in builds)
+        # Read back: the task id is written when the queue accepts the task (on commit).
         builds = list(IndexBuild.objects.filter(pk__in=[b.pk for b in builds]).order_by("image_type"))
-        new = any(b.created_at >= asked_at for b in builds)
         return Response(
             {
                 "task_id": next((b.task_id for b in builds if b.task_id), None),

@@ -43,6 +43,7 @@ class S3Server:
     secret_key: str
     region: str = "us-east-1"
     process: subprocess.Popen | None = None
+    ports: tuple[int, ...] = ()
 
     def env(self, location: str = "") -> dict[str, str]:
         """Environment for a process (qcluster, web server) using this bucket as storage."""
@@ -116,11 +117,14 @@ def weed_binary() -> str:
     return found
 
 
-def start_seaweedfs(data_dir: Path, bucket: str) -> S3Server:
-    master, volume, filer, s3, admin = free_ports(5, with_grpc_twin=True)
-    access_key, secret_key = "simsearch-test", uuid.uuid4().hex
+def start_seaweedfs(data_dir: Path, bucket: str, ports: list[int] | None = None) -> S3Server:
+    """A SeaweedFS server; pass the `ports` of an earlier one (same data_dir) to restart it."""
+    master, volume, filer, s3, admin = ports or free_ports(5, with_grpc_twin=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    access_key = "simsearch-test"
+    secret_key = uuid.uuid5(uuid.NAMESPACE_URL, str(data_dir)).hex  # the same again on a restart
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - closed with the process
+    log = open(data_dir / "weed.log", "ab")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [
             weed_binary(),
@@ -145,7 +149,14 @@ def start_seaweedfs(data_dir: Path, bucket: str) -> S3Server:
         stderr=subprocess.STDOUT,
         cwd=data_dir,
     )
-    server = S3Server(f"http://127.0.0.1:{s3}", bucket, access_key, secret_key, process=process)
+    server = S3Server(
+        f"http://127.0.0.1:{s3}",
+        bucket,
+        access_key,
+        secret_key,
+        process=process,
+        ports=(master, volume, filer, s3, admin),
+    )
     client = server.client()
     deadline = time.monotonic() + 60
     while True:
