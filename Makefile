@@ -8,6 +8,11 @@ PORT ?= 8000
 # open_clip weights come from the local cache or a checkpoint file, never a download.
 DEMO_ENV := DJANGO_DEBUG=true SIMSEARCH_DATA_DIR=$(CURDIR)/var/demo SIMSEARCH_STORAGE=local HF_HUB_OFFLINE=1
 
+# The browser test drives Debian's Chromium (no browser download); CJK fonts render Korean names.
+CHROMIUM := /usr/bin/chromium
+CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: venv test lint demo demo-data clean
 
 venv: $(VENV)/.installed
@@ -18,7 +23,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-test: venv
+$(CHROMIUM) $(CJK_FONT):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk
+
+test: venv $(CHROMIUM) $(CJK_FONT)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -74,16 +74,12 @@ class IndexBuildAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "image_type",
-        "engine",
         "status_label",
+        "is_active",
         "progress",
-        "vector_count",
-        "embedded_count",
-        "reused_count",
-        "missing_count",
+        "counts",
         "duration",
         "model_label",
-        "is_active",
         "error_short",
         "created_at",
     ]
@@ -120,6 +116,12 @@ class IndexBuildAdmin(admin.ModelAdmin):
     @admin.display(description="Progress")
     def progress(self, obj: IndexBuild) -> str:
         return progress_bar(obj)
+
+    @admin.display(description="Vectors · embedded · reused · missing files")
+    def counts(self, obj: IndexBuild) -> str:
+        if obj.status != BuildStatus.READY:
+            return "—"
+        return f"{obj.vector_count} · {obj.embedded_count} · {obj.reused_count} · {obj.missing_count}"
 
     @admin.display(description="Duration")
     def duration(self, obj: IndexBuild) -> str:

@@ -314,7 +314,9 @@ def running_gunicorn(log_path: Path, *, workers: int = 2, **env: str) -> Iterato
             if process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {log_path.read_text(errors='replace')[-2000:]}")
             try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                # As a TLS proxy would forward it (production settings redirect plain HTTP).
+                probe = requests.get(f"{base}/healthz", headers={"X-Forwarded-Proto": "https"}, timeout=5)
+                if probe.status_code == 200:
                     break
             except requests.RequestException:
                 pass

@@ -1,0 +1,108 @@
+"""The staff flow in a real browser (Debian's Chromium driven by Playwright, headless):
+log in, add a product and a defect type, bulk-upload photos, press Rebuild, watch the progress
+bar reach the end, see the build active, then find an uploaded photo through the search API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import expect, sync_playwright
+from rest_framework.authtoken.models import Token
+
+from indexing.models import IndexBuild
+from tests.conftest import ROOT, running_gunicorn, running_qcluster
+from tests.helpers import image_bytes
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(os.environ.get("SIMSEARCH_SCREENSHOT_DIR", ROOT / "var" / "test" / "screenshots"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def pick_autocomplete(page, field: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    page.click(f".field-{field} .select2-selection")
+    page.fill(".select2-container--open .select2-search__field", text)
+    page.click(f".select2-results__option:has-text('{text}')")
+
+
+def test_staff_flow_in_a_browser(tmp_path: Path, django_user_model):
+    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by `make test` (see Makefile)"
+    django_user_model.objects.create_user("lead", password="pw-lead-123", is_staff=True, is_superuser=True)
+    photos = []
+    for seed in range(6):
+        path = tmp_path / f"scratch-{seed}.jpg"
+        path.write_bytes(image_bytes(seed=seed, size=(96, 96)))
+        photos.append(path)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with running_gunicorn(tmp_path / "gunicorn.log", workers=1) as base, running_qcluster(tmp_path / "qcluster.log"):
+        playwright = sync_playwright().start()
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/admin/login/")
+        page.fill("#id_username", "lead")
+        page.fill("#id_password", "pw-lead-123")
+        page.click("input[type=submit]")
+        expect(page.locator("#site-name")).to_contain_text("simsearch")
+
+        page.goto(f"{base}/admin/catalog/product/add/")
+        page.fill("#id_product_code", "bracket-a")
+        page.fill("#id_product_name", "브래킷 A")
+        page.click("input[name=_save]")
+        expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+
+        page.goto(f"{base}/admin/catalog/defecttype/add/")
+        page.fill("#id_defect_code", "scratch")
+        page.fill("#id_defect_name_ko", "긁힘")
+        page.fill("#id_defect_name_en", "Scratch")
+        page.click("input[name=_save]")
+        expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+
+        page.goto(f"{base}/admin/catalog/image/")
+        page.click("text=Bulk upload images")
+        page.select_option("#id_image_type", "defect")
+        pick_autocomplete(page, "product", "bracket-a")
+        pick_autocomplete(page, "defect_type", "scratch")
+        page.set_input_files("input[name=files]", [str(p) for p in photos])
+        page.click("input[name=_upload]")
+        expect(page.locator(".messagelist")).to_contain_text("Uploaded 6 images")
+
+        page.goto(f"{base}/admin/indexing/indexbuild/")
+        page.screenshot(path=str(SCREENSHOTS / "build-page-start.png"), full_page=True)
+        page.click("button[name=index_type][value=defect]")
+        expect(page.locator(".messagelist")).to_contain_text("Rebuild queued")
+        # The page's script follows the build and reloads when it finishes.
+        expect(page.locator(".build-status").first).to_have_text("Ready", timeout=120_000)
+        bar = page.locator("progress.build-progress").first
+        assert bar.get_attribute("value") == bar.get_attribute("max") == "6"
+        expect(page.locator("td.field-is_active img").first).to_have_attribute("alt", "True")
+        page.screenshot(path=str(SCREENSHOTS / "build-page-end.png"), full_page=True)
+        browser.close()
+        playwright.stop()  # its event loop must be gone before the ORM is used again
+
+        build = IndexBuild.objects.get()
+        assert build.status == "ready" and build.is_active and build.vector_count == 6
+        token = Token.objects.create(user=django_user_model.objects.get(username="lead")).key
+        response = requests.post(
+            f"{base}/api/search/similarity/",
+            files={"image": ("q.jpg", photos[4].read_bytes())},
+            headers={"Authorization": f"Token {token}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        first = response.json()["results"][0]
+        assert first["similarity_score"] == pytest.approx(1.0, abs=1e-4)
+        assert requests.get(first["storage_url"], timeout=10).content == photos[4].read_bytes()
+    assert (SCREENSHOTS / "build-page-start.png").stat().st_size > 0
+    assert (SCREENSHOTS / "build-page-end.png").stat().st_size > 0
