@@ -112,7 +112,7 @@ class Table:
 
 
 def format_row(row: Row) -> str:
-    ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
+    ratio = "" if row.ratio is None else f"{row.ratio:.3f}"
     return f"| {row.name} | {row.measured} | {ratio} | {row.target} | {row.notes} |"
 
 

@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes
 from catalog.models import DefectType, Image, ImageType, Product
-from catalog.storage import read_object
-from simsearch_project.errors import NotFound, StorageUnavailable
+from catalog.storage import read_stored
+from simsearch_project.errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -181,13 +181,7 @@ def temp_image_register(
 ) -> Image:
     """Record an object a line worker already put in storage as a temporary query image.
     It is never indexed and is deleted (row and object) once it expires."""
-    try:
-        data = read_object(storage_key)
-    except FileNotFoundError:
-        raise NotFound(f"No object {storage_key!r} in the configured storage.") from None
-    except Exception as exc:
-        raise StorageUnavailable(f"The storage could not be read: {exc}") from exc
-    info = image_inspect(data=data)
+    info = image_inspect(data=read_stored(storage_key))
     image = _build(
         info=info,
         image_type=ImageType.QUERY_TEMP,

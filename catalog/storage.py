@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.core.files.storage import Storage, default_storage
 
+from simsearch_project.errors import NotFound, StorageUnavailable
+
 
 def _is_not_found(exc: Exception) -> bool:
     response = getattr(exc, "response", None)
@@ -25,6 +27,17 @@ def read_object(name: str, *, storage: Storage | None = None) -> bytes:
         if _is_not_found(exc):
             raise FileNotFoundError(name) from exc
         raise
+
+
+def read_stored(name: str) -> bytes:
+    """`read_object` for request handling: a missing object is NotFound (404), any other
+    storage failure StorageUnavailable (503)."""
+    try:
+        return read_object(name)
+    except FileNotFoundError:
+        raise NotFound(f"No object {name!r} in the configured storage.") from None
+    except Exception as exc:
+        raise StorageUnavailable(f"The storage could not be read: {exc}") from exc
 
 
 def delete_prefix(prefix: str, *, storage: Storage | None = None) -> int:

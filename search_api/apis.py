@@ -19,7 +19,7 @@ from catalog.image_validation import read_limited
 from catalog.models import Image
 from catalog.selectors import defect_type_get_by_code, product_get_by_code
 from catalog.services import image_inspect, temp_image_register
-from catalog.storage import read_object
+from catalog.storage import read_stored
 from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
 from indexing.artifacts import LoadedIndex
 from indexing.models import IndexBuild, IndexEngine
@@ -36,7 +36,7 @@ from search_api.serializers import (
     WorkerImageRegisterResponseSerializer,
     WorkerImageRegisterSerializer,
 )
-from simsearch_project.errors import NotFound, StorageUnavailable
+from simsearch_project.errors import NotFound
 
 UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
 
@@ -50,16 +50,6 @@ def storage_key(url: str, request: Request, field: str = "storage_url") -> str:
         return storage_key_from_url(url, request_host=request.get_host())
     except RefusedStorageUrl as exc:
         raise _bad_request(field, str(exc)) from None
-
-
-def _read_query_object(key: str) -> bytes:
-    try:
-        data = read_object(key)
-    except FileNotFoundError:
-        raise NotFound(f"No object {key!r} in the configured storage.") from None
-    except Exception as exc:
-        raise StorageUnavailable(f"The storage could not be read: {exc}") from exc
-    return data
 
 
 def _checked_image(data: bytes, field: str) -> bytes:
@@ -165,10 +155,10 @@ class SimilaritySearchApi(APIView):
             image = Image.objects.filter(pk=data["image_id"]).only("file").first()
             if image is None:
                 raise NotFound(f"No catalog image with id {data['image_id']}.")
-            return _read_query_object(image.file.name), f"image_id:{image.pk}"
+            return read_stored(image.file.name), f"image_id:{image.pk}"
         if data.get("storage_url"):
             key = storage_key(data["storage_url"], request)
-            return _checked_image(_read_query_object(key), "storage_url"), key
+            return _checked_image(read_stored(key), "storage_url"), key
         return None, f"text:{data['text']}"
 
     def _check_codes(self, engine: str, image_type: str, product_code: str | None, defect_code: str | None) -> None:

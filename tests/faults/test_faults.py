@@ -5,7 +5,6 @@ worker killed mid-build: tests/indexing/test_queue_builds.py.)"""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,10 @@ from indexing.services import index_build_request
 from search_api.index_cache import index_cache
 from tests.conftest import running_gunicorn, running_qcluster, start_seaweedfs, stop_process
 from tests.faults.tcp_proxy import TcpProxy
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.indexing.conftest import add_images, build_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_until(predicate, timeout: float = 120, interval: float = 0.3):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture

@@ -195,3 +195,17 @@ def test_serving_survives_a_database_outage_from_its_local_cache(settings, tmp_p
     assert result.returncode == 0, result.stderr
     assert f"[(('v2', 'defect'), {build.pk})]" in result.stdout
     assert "database unreachable" in result.stdout
+
+
+def test_opt_in_rebuild_at_startup_queues_one_build_per_type(settings, gallery):
+    settings.SIMSEARCH_REBUILD_ON_STARTUP = True
+    assert served() is None  # the first look at the indexes asks for a rebuild
+    index_cache.reset()
+    index_cache.get(engine="v2", image_type="defect")  # a second serving process does the same
+    pending = IndexBuild.objects.filter(status=BuildStatus.QUEUED)
+    assert sorted(pending.values_list("image_type", flat=True)) == ["defect", "normal"]
+
+
+def test_no_startup_rebuild_by_default(gallery):
+    assert served() is None
+    assert not IndexBuild.objects.exists()

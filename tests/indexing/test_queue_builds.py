@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from django.core.files.storage import default_storage
@@ -14,19 +13,10 @@ from indexing.artifacts import MANIFEST_FILE
 from indexing.models import BuildStatus, IndexBuild
 from indexing.services import builds_fail_stale, index_build_request
 from tests.conftest import running_qcluster
+from tests.helpers import wait_until
 from tests.indexing.conftest import add_images, build_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate, timeout: float = 90, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def test_rebuild_action_in_the_admin_is_built_by_a_real_qcluster_into_s3(
@@ -42,7 +32,7 @@ def test_rebuild_action_in_the_admin_is_built_by_a_real_qcluster_into_s3(
     build = IndexBuild.objects.get()
     assert build.status == BuildStatus.QUEUED and build.task_id
     with running_qcluster(tmp_path / "qcluster.log", **s3_storage.env()):
-        wait_for(lambda: IndexBuild.objects.get(pk=build.pk).status not in ("queued", "running"))
+        wait_until(lambda: IndexBuild.objects.get(pk=build.pk).status not in ("queued", "running"))
     build.refresh_from_db()
     assert build.status == BuildStatus.READY, build.error
     assert build.is_active and build.vector_count == 5 and build.requested_by == staff_user
@@ -72,9 +62,9 @@ def test_killed_worker_is_detected_and_the_active_build_stays(product, scratch, 
             assert current.status in ("queued", "running"), current.error
             return current if current.status == "running" and current.progress_done > 0 else None
 
-        running = wait_for(embedding, timeout=120)
+        running = wait_until(embedding, timeout=120)
         os.kill(int(running.worker.rpartition(":")[2]), signal.SIGKILL)
-        wait_for(lambda: builds_fail_stale() == 1, timeout=10)
+        wait_until(lambda: builds_fail_stale() == 1, timeout=10)
     build.refresh_from_db()
     assert build.status == BuildStatus.FAILED and "died" in build.error and not build.is_active
     good.refresh_from_db()

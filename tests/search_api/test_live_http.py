@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from catalog.models import DefectType, Image, Product
 from indexing.models import IndexBuild
 from tests.conftest import running_gunicorn, running_qcluster
-from tests.helpers import image_bytes, png_header_bomb
+from tests.helpers import image_bytes, png_header_bomb, wait_until
 from tests.indexing.conftest import add_images, build_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,16 +32,6 @@ class Api:
 
     def get(self, path: str, **kwargs):  # type: ignore[no-untyped-def]
         return self.session.get(self.base + path, timeout=60, **kwargs)
-
-
-def wait_until(predicate, timeout: float = 120):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture
