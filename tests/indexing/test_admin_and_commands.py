@@ -10,6 +10,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from django_q.models import OrmQ, Schedule
 
+from catalog.apps import PURGE_SCHEDULE
 from catalog.models import DefectType, Image, Product
 from indexing.apps import STALE_BUILD_SCHEDULE
 from indexing.models import BuildStatus, IndexBuild
@@ -94,9 +95,11 @@ def test_rebuild_index_command_fails_loudly(db):
         call_command("rebuild_index", "--type", "normal", "--sync", stdout=StringIO(), stderr=StringIO())
 
 
-def test_stale_build_schedule_exists_once(db):
-    call_command("migrate", verbosity=0)
+def test_periodic_schedules_exist_once(db):
+    call_command("migrate", verbosity=0)  # post_migrate runs again: still one of each
     assert Schedule.objects.filter(name=STALE_BUILD_SCHEDULE).count() == 1
+    purge = Schedule.objects.get(name=PURGE_SCHEDULE)
+    assert purge.func == "catalog.tasks.purge_expired_temp_images" and purge.repeats == -1
 
 
 @pytest.fixture
