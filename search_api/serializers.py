@@ -62,13 +62,6 @@ class V2ResultSerializer(serializers.Serializer):
     image_type = serializers.CharField()
 
 
-class V1ResultSerializer(serializers.Serializer):
-    image_path = serializers.CharField()
-    similarity_score = serializers.FloatField()
-    product = serializers.CharField()
-    defect = serializers.CharField()
-
-
 class SimilaritySearchResponseSerializer(serializers.Serializer):
     status = serializers.CharField()
     version = serializers.ChoiceField(choices=["v1", "v2"])
