@@ -40,6 +40,8 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
+            # A second Ctrl-C must not abandon the queue process half-way through stopping it.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             if qcluster.poll() is None:
                 qcluster.terminate()
                 try:
