@@ -168,13 +168,12 @@ class SimilaritySearchApi(APIView):
             if defect_code and defect_type_get_by_code(defect_code=defect_code) is None:
                 raise _bad_request("defect_code", f"Unknown defect code {defect_code!r}.")
             return
+        # V1 has no catalog: a code is known if the legacy gallery has a file with it.
         loaded = index_cache.get(engine=engine, image_type=image_type)
         if loaded is not None:
-            products = {r["product"] for r in loaded.records.values()}
-            defects = {r["defect"] for r in loaded.records.values()}
-            if product_code and product_code not in products:
+            if product_code and not len(loaded.ids_matching(product_code=product_code, defect_code=None)):
                 raise _bad_request("product_code", f"Unknown product {product_code!r} in the legacy gallery.")
-            if defect_code and defect_code not in defects:
+            if defect_code and not len(loaded.ids_matching(product_code=None, defect_code=defect_code)):
                 raise _bad_request("defect_code", f"Unknown defect {defect_code!r} in the legacy gallery.")
 
     def _v2_result(self, request: Request, record: dict[str, Any], score: float) -> dict[str, Any]:
