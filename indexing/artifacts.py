@@ -27,6 +27,7 @@ METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 DATA_FILES = (INDEX_FILE, EMBEDDINGS_FILE, METADATA_FILE)
 ALL_FILES = (*DATA_FILES, MANIFEST_FILE)
+MAX_CACHED_FILTERS = 1024
 
 
 class ArtifactError(ValueError):
@@ -87,8 +88,9 @@ class LoadedIndex:
         if product_code is None and defect_code is None:
             return None
         key = (product_code, defect_code)
-        if key not in self._filter_cache:
-            self._filter_cache[key] = np.array(
+        ids = self._filter_cache.get(key)
+        if ids is None:
+            ids = np.array(
                 [
                     image_id
                     for image_id, record in self.records.items()
@@ -97,7 +99,9 @@ class LoadedIndex:
                 ],
                 dtype=np.int64,
             )
-        return self._filter_cache[key]
+            if len(self._filter_cache) < MAX_CACHED_FILTERS:  # codes come from clients: stay bounded
+                self._filter_cache[key] = ids
+        return ids
 
 
 def unpack_artifacts(files: Mapping[str, bytes], *, manifest_sha256: str | None = None) -> LoadedIndex:
