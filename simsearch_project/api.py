@@ -1,5 +1,5 @@
-"""HTTP glue shared by every API: renderer, pagination, one exception handler and JSON error
-pages under /api/."""
+"""HTTP glue shared by every API: one exception handler and JSON error pages under /api/.
+(The renderer and pagination classes are in `drf_defaults`, which says why.)"""
 
 from __future__ import annotations
 
@@ -11,24 +11,11 @@ from django.db import InterfaceError, OperationalError, connection
 from django.db.models import ProtectedError, RestrictedError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, pagination, status
-from rest_framework.renderers import JSONRenderer
+from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from simsearch_project.errors import ServiceError
-
-
-class PageNumberPagination(pagination.PageNumberPagination):
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
-class UTF8JSONRenderer(JSONRenderer):
-    """JSON with non-ASCII text (Korean defect names) written as UTF-8, not \\u escapes."""
-
-    ensure_ascii = False
-    charset = "utf-8"
 
 
 def _django_validation_payload(exc: DjangoValidationError) -> dict[str, Any]:

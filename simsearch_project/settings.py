@@ -252,7 +252,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "simsearch_project.api.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "simsearch_project.drf_defaults.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
@@ -260,7 +260,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_RENDERER_CLASSES": [
-        "simsearch_project.api.UTF8JSONRenderer",
+        "simsearch_project.drf_defaults.UTF8JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -309,6 +309,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
     "loggers": {
         name: {"level": env_str("SIMSEARCH_LOG_LEVEL", "INFO")}
-        for name in ("catalog", "indexing", "search_api", "django_q", "django.request")
+        for name in ("catalog", "indexing", "search_api", "django-q", "django.request")
     },
 }

@@ -265,6 +265,13 @@ def running_qcluster(log_path: Path, **env: str) -> Iterator[subprocess.Popen]:
             start_new_session=True,
         )
     try:
+        # A cluster that cannot start (a broken import, a bad setting) fails here with its log,
+        # instead of leaving the caller waiting for a build nobody picks up.
+        deadline = time.monotonic() + 60
+        while " running." not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("qcluster did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+            time.sleep(0.2)
         yield process
     finally:
         stop_process(process, timeout=20)

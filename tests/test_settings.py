@@ -66,3 +66,43 @@ def test_unknown_storage_and_bad_booleans_are_rejected(tmp_path: Path) -> None:
     base = {"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_DEBUG": "true"}
     assert "SIMSEARCH_STORAGE" in manage("check", env={**base, "SIMSEARCH_STORAGE": "ftp"}).stderr
     assert "DJANGO_DEBUG" in manage("check", env={**base, "DJANGO_DEBUG": "maybe"}).stderr
+
+
+RESOLVE_EACH_FIRST = """
+import os, sys
+import django
+django.setup()
+from django.conf import settings
+failed = []
+for name, value in settings.REST_FRAMEWORK.items():
+    if not isinstance(value, (str, list)):
+        continue
+    pid = os.fork()
+    if pid == 0:  # a child that resolves this one setting before anything else imports DRF's views
+        try:
+            from rest_framework.settings import api_settings
+            getattr(api_settings, name)
+        except Exception as exc:
+            print(name, exc)
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(pid, 0)[1] != 0:
+        failed.append(name)
+print("FAILED", failed)
+"""
+
+
+def test_every_rest_framework_setting_resolves_whichever_is_read_first(tmp_path: Path) -> None:
+    """Processes differ in which DRF setting they read first (qcluster: a system check; gunicorn: a
+    view). A circular import between a setting's module and `rest_framework.views` once kept the
+    qcluster from starting at all."""
+    env = {"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_SECRET_KEY": "x" * 60}
+    result = subprocess.run(
+        [sys.executable, "-c", RESOLVE_EACH_FIRST],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "simsearch_project.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "FAILED []", result.stdout + result.stderr
