@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,12 @@ def test_every_rest_framework_setting_resolves_whichever_is_read_first(tmp_path:
         timeout=120,
     )
     assert result.stdout.strip().splitlines()[-1] == "FAILED []", result.stdout + result.stderr
+
+
+def test_every_environment_variable_the_settings_read_is_in_the_readme_table() -> None:
+    settings_source = (ROOT / "simsearch_project" / "settings.py").read_text()
+    names = set(re.findall(r'env_(?:str|bool|int)\(\s*"([A-Z][A-Z0-9_]+)"', settings_source))
+    assert len(names) > 30  # the pattern still matches how settings.py reads the environment
+    table_rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {name for row in table_rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])}
+    assert sorted(names - documented) == []
