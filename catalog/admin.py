@@ -28,11 +28,12 @@ class _NothingSaved(Exception):
 
 
 def thumbnail_html(image: Image, size: int = 64) -> str:
+    """The stored preview (a few KB) scaled to `size`; the file itself only for images without one."""
     if not image.file:
         return "—"
     return format_html(
         '<img src="{}" loading="lazy" style="max-width:{}px;max-height:{}px;border:1px solid #ccc" alt="image {}">',
-        image.file.url,
+        (image.thumbnail or image.file).url,
         size,
         size,
         image.pk,
@@ -42,7 +43,7 @@ def thumbnail_html(image: Image, size: int = 64) -> str:
 class ImageInline(admin.TabularInline):
     model = Image
     fields = [
-        "thumbnail",
+        "picture",
         "image_type",
         "defect_type",
         "width",
@@ -60,7 +61,7 @@ class ImageInline(admin.TabularInline):
         return super().get_queryset(request).select_related("defect_type")
 
     @admin.display(description="Image")
-    def thumbnail(self, obj: Image) -> str:
+    def picture(self, obj: Image) -> str:
         return thumbnail_html(obj)
 
 
@@ -99,14 +100,14 @@ class ImageAdmin(admin.ModelAdmin):
     change_list_template = "admin/catalog/image/change_list.html"
     list_display = [
         "id",
-        "thumbnail",
+        "picture",
         "image_type",
         "product",
         "defect_label",
         "size_label",
         "uploaded_at",
     ]
-    list_display_links = ["id", "thumbnail"]
+    list_display_links = ["id", "picture"]
     list_filter = ["image_type", "product", "defect_type"]
     list_select_related = ["product", "defect_type"]
     search_fields = [
@@ -163,12 +164,14 @@ class ImageAdmin(admin.ModelAdmin):
         ]
 
     @admin.display(description="Image")
-    def thumbnail(self, obj: Image) -> str:
+    def picture(self, obj: Image) -> str:
         return thumbnail_html(obj)
 
     @admin.display(description="Preview")
     def preview(self, obj: Image) -> str:
-        return thumbnail_html(obj, size=320)
+        if not obj.file:
+            return "—"
+        return format_html('<a href="{}" title="Open full size">{}</a>', obj.file.url, thumbnail_html(obj, size=320))
 
     @admin.display(description="Defect", ordering="defect_type__defect_code")
     def defect_label(self, obj: Image) -> str:

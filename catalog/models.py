@@ -58,8 +58,17 @@ def image_upload_to(instance: Image, filename: str) -> str:
     return f"images/{instance.image_type}/{now:%Y/%m}/{uuid.uuid4().hex}.{extension}"
 
 
+def thumbnail_upload_to(instance: Image, filename: str) -> str:
+    """The preview sits beside the image's key under thumbnails/: images/defect/2026/11/ab12.png
+    -> thumbnails/defect/2026/11/ab12.jpg."""
+    stem = instance.file.name.removeprefix("images/").rsplit(".", 1)[0]
+    return f"thumbnails/{stem}.jpg"
+
+
 class Image(models.Model):
     file = models.FileField(upload_to=image_upload_to, max_length=255)
+    # A small JPEG for the admin's lists; empty where none could be made (the list shows the file).
+    thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=255, blank=True, editable=False)
     image_type = models.CharField(max_length=16, choices=ImageType.choices, db_index=True)
     product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="images", db_index=True)
     defect_type = models.ForeignKey(

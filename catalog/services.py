@@ -14,12 +14,15 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes
+from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes, thumbnail_jpeg
 from catalog.models import DefectType, Image, ImageType, Product
 from catalog.storage import read_stored
 from simsearch_project.errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
+
+# Longest side of the admin previews, in pixels (lists show them at 64, the change page at 320).
+THUMBNAIL_SIDE = 320
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,34 @@ def _check_labels(*, image_type: str, defect_type: DefectType | None) -> None:
 
 
 def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
+    """Write the image and its preview; on failure nothing of this image stays in storage."""
     try:
         # The name only carries the extension; upload_to generates the object key.
         image.file.save(f"upload.{info.extension}", ContentFile(data), save=False)
+        preview = _thumbnail(data)
+        if preview is not None:
+            image.thumbnail.save("thumbnail.jpg", ContentFile(preview), save=False)
     except Exception as exc:  # storage backends raise OSError, botocore errors, ...
         logger.exception("Writing an image to storage failed")
+        _discard_files(image=image)
         raise StorageUnavailable(f"The image could not be written to storage: {exc}") from exc
+
+
+def _thumbnail(data: bytes) -> bytes | None:
+    try:
+        return thumbnail_jpeg(data, max_side=THUMBNAIL_SIDE)
+    except (OSError, ValueError) as exc:
+        # A preview is a convenience: an image Pillow decodes but cannot show is still catalogued.
+        logger.warning("No thumbnail for an upload (%s); the admin shows the file itself", exc)
+        return None
+
+
+def _discard_files(*, image: Image) -> None:
+    _delete_files_quietly(storage=image.file.storage, names=_stored_names(image))
+
+
+def _stored_names(image: Image) -> list[str]:
+    return [field.name for field in (image.file, image.thumbnail) if field]
 
 
 def _build(
@@ -132,7 +157,7 @@ def images_create(
                 image.save()
     except Exception:
         for image in stored:
-            image.file.delete(save=False)
+            _discard_files(image=image)
         raise
     return images
 
@@ -160,20 +185,21 @@ def image_create(
 
 
 def image_delete(*, image: Image) -> None:
-    """Delete the row, then the stored file once the deletion is committed."""
-    file_name = image.file.name
-    storage = image.file.storage
+    """Delete the row, then the stored file and preview once the deletion is committed."""
+    storage, names = image.file.storage, _stored_names(image)
     with transaction.atomic():
         image.delete()
-        transaction.on_commit(lambda: _delete_file_quietly(storage=storage, name=file_name))
+        transaction.on_commit(lambda: _delete_files_quietly(storage=storage, names=names))
 
 
-def _delete_file_quietly(*, storage, name: str) -> None:  # type: ignore[no-untyped-def]
-    try:
-        storage.delete(name)
-    except Exception:
-        # The row is gone; a leftover object costs only space and is logged for cleanup.
-        logger.exception("Could not delete %s from storage", name)
+def _delete_files_quietly(*, storage, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+    for name in names:
+        try:
+            storage.delete(name)
+        except Exception:
+            # The row is gone (or was never written); a leftover object costs only space and is
+            # logged for cleanup.
+            logger.exception("Could not delete %s from storage", name)
 
 
 def temp_image_register(

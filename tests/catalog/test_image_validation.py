@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
+import numpy as np
 import pytest
+from PIL import Image as PILImage
 
-from catalog.image_validation import ALLOWED_FORMATS, InvalidImage, inspect_image_bytes
+from catalog.image_validation import ALLOWED_FORMATS, InvalidImage, inspect_image_bytes, thumbnail_jpeg
 from tests.helpers import image_bytes, png_header_bomb
 
 LIMITS = {"max_bytes": 5_000_000, "max_pixels": 20_000_000}
@@ -49,3 +52,49 @@ def test_pixel_limit_applies_before_decoding_a_bomb() -> None:
         inspect_image_bytes(png_header_bomb(5000, 5000), max_bytes=10**9, max_pixels=1_000_000)
     assert caught.value.code == "too_many_pixels"
     assert "5000x5000" in str(caught.value)
+
+
+def encoded(img: PILImage.Image, fmt: str, **options) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def preview(data: bytes, max_side: int = 320) -> PILImage.Image:
+    img = PILImage.open(io.BytesIO(thumbnail_jpeg(data, max_side=max_side)))
+    assert img.format == "JPEG" and img.mode == "RGB"
+    return img
+
+
+@pytest.mark.parametrize("fmt", list(ALLOWED_FORMATS))
+def test_thumbnail_is_a_small_jpeg_with_the_same_aspect(fmt: str) -> None:
+    assert preview(image_bytes(fmt, size=(1200, 600), seed=1)).size == (320, 160)
+    assert preview(image_bytes(fmt, size=(90, 40), seed=1)).size == (90, 40)  # never enlarged
+
+
+def test_thumbnail_of_a_large_jpeg_keeps_its_colour() -> None:
+    photo = PILImage.new("RGB", (4000, 3000), (200, 30, 30))
+    pixels = np.asarray(preview(encoded(photo, "JPEG")), dtype=float)
+    assert pixels.shape == (240, 320, 3)
+    assert np.allclose(pixels.mean(axis=(0, 1)), (200, 30, 30), atol=6)
+
+
+def test_thumbnail_turns_a_rotated_phone_photo_upright() -> None:
+    landscape_pixels = PILImage.new("RGB", (400, 200), "gray")
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    assert preview(encoded(landscape_pixels, "JPEG", exif=exif)).size == (160, 320)
+
+
+def test_thumbnail_puts_transparency_on_white() -> None:
+    clear = PILImage.new("RGBA", (64, 64), (0, 0, 0, 0))
+    assert np.asarray(preview(encoded(clear, "PNG"))).min() >= 250
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_thumbnail_of_16_bit_greyscale_uses_the_full_range(fmt: str) -> None:
+    # Industrial cameras write 12/16-bit frames whose values sit far below 65535: a plain 8-bit
+    # conversion would show them black or clipped.
+    frame = np.random.default_rng(0).integers(1000, 3000, size=(60, 80)).astype(np.uint16)
+    pixels = np.asarray(preview(encoded(PILImage.fromarray(frame), fmt)))
+    assert pixels.min() < 40 and pixels.max() > 215

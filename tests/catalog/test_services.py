@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
+from PIL import Image as PILImage
 
 from catalog.models import Image, ImageType
 from catalog.services import UploadedImage, image_create, image_delete, images_create
@@ -16,7 +18,8 @@ from tests.helpers import image_bytes
 
 
 def stored_names() -> list[str]:
-    """Every object under images/ in the default storage (walks folders / prefixes)."""
+    """Every object the catalog wrote to the default storage: images/ and thumbnails/ (walks
+    folders / prefixes)."""
     found: list[str] = []
 
     def walk(prefix: str) -> None:
@@ -29,7 +32,8 @@ def stored_names() -> list[str]:
             walk(f"{prefix}/{directory}")
 
     walk("images")
-    return found
+    walk("thumbnails")
+    return sorted(found)
 
 
 @pytest.mark.django_db
@@ -46,7 +50,12 @@ def test_image_create_stores_bytes_and_records_facts(any_storage: str, product, 
     assert "passwd" not in image.file.name and ".." not in image.file.name
     with default_storage.open(image.file.name) as stored:
         assert stored.read() == data
-    assert stored_names() == [image.file.name]
+    # The admin's preview: a small upright JPEG beside the image's key.
+    assert image.thumbnail.name == image.file.name.replace("images/", "thumbnails/", 1).replace(".png", ".jpg")
+    with default_storage.open(image.thumbnail.name) as stored:
+        preview = PILImage.open(io.BytesIO(stored.read()))
+        assert (preview.format, preview.size) == ("JPEG", (80, 60))
+    assert stored_names() == sorted([image.file.name, image.thumbnail.name])
 
 
 @pytest.mark.django_db
@@ -61,7 +70,7 @@ def test_bulk_create_is_all_or_nothing(any_storage: str, product, scratch) -> No
 
     created = images_create(uploads=uploads[:3], image_type=ImageType.DEFECT, product=product, defect_type=scratch)
     assert len(created) == 3 and Image.objects.count() == 3
-    assert sorted(stored_names()) == sorted(image.file.name for image in created)
+    assert stored_names() == sorted(name for image in created for name in (image.file.name, image.thumbnail.name))
 
 
 @pytest.mark.django_db
@@ -90,8 +99,30 @@ def test_storage_outage_is_a_clear_error_and_records_nothing(settings, seaweedfs
 @pytest.mark.django_db(transaction=True)
 def test_image_delete_removes_the_stored_file(any_storage: str, product) -> None:
     image = image_create(data=image_bytes(), image_type=ImageType.NORMAL, product=product)
-    name = image.file.name
-    assert default_storage.exists(name)
+    assert len(stored_names()) == 2  # the file and its thumbnail
     image_delete(image=image)
     assert not Image.objects.exists()
-    assert not default_storage.exists(name)
+    assert stored_names() == []
+
+
+class ThumbnailRefusingStorage(FileSystemStorage):
+    """Local storage that fails to write previews: a write failing half-way through an image."""
+
+    def _save(self, name: str, content) -> str:  # type: ignore[no-untyped-def]
+        if name.startswith("thumbnails/"):
+            raise OSError("disk full")
+        return super()._save(name, content)
+
+
+@pytest.mark.django_db
+def test_a_write_failing_after_the_image_was_stored_leaves_nothing_behind(settings, product, scratch) -> None:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": f"{__name__}.ThumbnailRefusingStorage", "OPTIONS": {"location": settings.MEDIA_ROOT}},
+    }
+    uploads = [UploadedImage(f"p{i}.jpg", image_bytes(seed=i)) for i in range(3)]
+    with pytest.raises(StorageUnavailable) as caught:
+        images_create(uploads=uploads, image_type=ImageType.DEFECT, product=product, defect_type=scratch)
+    assert "disk full" in caught.value.message
+    assert not Image.objects.exists()
+    assert stored_names() == []
