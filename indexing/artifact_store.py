@@ -66,6 +66,23 @@ def cache_get(build_id: int) -> dict[str, bytes] | None:
     return {path.name: path.read_bytes() for path in folder.iterdir() if path.name in ALL_FILES}
 
 
+def cache_build_ids() -> list[int]:
+    root = _cache_root()
+    if not root.is_dir():
+        return []
+    return [int(path.name[6:]) for path in root.iterdir() if path.name.startswith("build-") and path.name[6:].isdigit()]
+
+
+def cache_remove(build_id: int) -> None:
+    shutil.rmtree(_cache_root() / f"build-{build_id}", ignore_errors=True)
+
+
+def cache_pointed_ids() -> set[int]:
+    """Builds a pointer file names (what a process would serve with the database down)."""
+    pointers = (_read_pointer(path) for path in _cache_root().glob("active-*.json"))
+    return {pointer[0] for pointer in pointers if pointer}
+
+
 def _pointer_path(engine: str, image_type: str) -> Path:
     return _cache_root() / f"active-{engine}-{image_type}.json"
 
@@ -80,8 +97,12 @@ def cache_pointer_set(engine: str, image_type: str, build_id: int, manifest_sha2
 
 
 def cache_pointer_get(engine: str, image_type: str) -> tuple[int, str] | None:
+    return _read_pointer(_pointer_path(engine, image_type))
+
+
+def _read_pointer(path: Path) -> tuple[int, str] | None:
     try:
-        data = json.loads(_pointer_path(engine, image_type).read_text())
+        data = json.loads(path.read_text())
         return int(data["build_id"]), str(data["manifest_sha256"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -92,5 +92,10 @@ def active_builds() -> dict[tuple[str, str], ActiveBuild]:
     }
 
 
+def builds_existing(build_ids: list[int]) -> set[int]:
+    """Which of these build ids still have a row (pruned builds have none)."""
+    return set(IndexBuild.objects.filter(pk__in=build_ids).values_list("pk", flat=True))
+
+
 def serving_engine(use_index_v2: bool) -> str:
     return IndexEngine.V2 if use_index_v2 else IndexEngine.V1

@@ -27,7 +27,7 @@ from indexing.legacy import scan_legacy_folder
 from indexing.models import PENDING_STATUSES, BuildStatus, CachedEmbedding, GalleryType, IndexBuild, IndexEngine
 from indexing.runtime import current_embedder
 from indexing.selectors import gallery_rows
-from simsearch_project.errors import Conflict, ServiceError
+from simsearch_project.errors import Conflict, NotFound, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +218,9 @@ def _describe(exc: BaseException) -> str:
 
 def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | None = None) -> IndexBuild:
     """Build one queued index. On success it is written completely, then marked ready and
-    activated in one transaction; on any failure it is marked failed, its files are removed,
-    and the active build keeps serving. `on_progress(done, total)` is for a progress bar."""
+    activated in one transaction, and builds beyond SIMSEARCH_KEEP_BUILDS are pruned; on any
+    failure it is marked failed, its files are removed, and the active build keeps serving.
+    `on_progress(done, total)` is for a progress bar."""
     claimed = IndexBuild.objects.filter(pk=build_id, status=BuildStatus.QUEUED).update(
         status=BuildStatus.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), worker=_worker_name()
     )
@@ -232,6 +233,11 @@ def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | 
     except Exception as exc:
         logger.exception("Index build %s failed", build_id)
         _fail(build, _describe(exc))
+    else:
+        try:
+            builds_prune(image_type=build.image_type, engine=build.engine)
+        except Exception:  # the new build serves; old files wait for the next prune
+            logger.exception("Pruning old builds after build %s failed", build_id)
     build.refresh_from_db()
     return build
 
@@ -367,9 +373,46 @@ def index_build_activate(*, build: IndexBuild) -> IndexBuild:
         IndexBuild.objects.filter(image_type=build.image_type, engine=build.engine, is_active=True).exclude(
             pk=build.pk
         ).update(is_active=False)
-        IndexBuild.objects.filter(pk=build.pk).update(is_active=True, activated_at=timezone.now())
+        if not IndexBuild.objects.filter(pk=build.pk, status=BuildStatus.READY).update(
+            is_active=True, activated_at=timezone.now()
+        ):
+            # Pruned since the caller read it; the rollback above keeps the current build active.
+            raise NotFound(f"Build {build.pk} no longer exists (old builds are pruned).")
     build.refresh_from_db()
     return build
+
+
+def builds_prune(*, keep: int | None = None, image_type: str | None = None, engine: str | None = None) -> list[int]:
+    """Delete the files and rows of ready builds that are neither active nor among the `keep`
+    (default SIMSEARCH_KEEP_BUILDS) newest other ready builds of their image type and engine:
+    the rollback history stays `keep` builds long. Queued, running and failed builds are left
+    alone. Returns the ids removed."""
+    keep = settings.SIMSEARCH_KEEP_BUILDS if keep is None else keep
+    if keep < 0:
+        raise ValueError("keep must be 0 or more")
+    ready = IndexBuild.objects.filter(status=BuildStatus.READY, is_active=False)
+    if image_type:
+        ready = ready.filter(image_type=image_type)
+    if engine:
+        ready = ready.filter(engine=engine)
+    seen: dict[tuple[str, str], int] = {}
+    doomed: list[IndexBuild] = []
+    for build in ready.order_by("-finished_at", "-id").only("pk", "engine", "image_type", "artifact_prefix"):
+        key = (build.engine, build.image_type)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > keep:
+            doomed.append(build)
+    removed: list[int] = []
+    for build in doomed:
+        # The row goes first (unless it was activated meanwhile): nobody loads a build without a
+        # row, so its files can then go without racing a rollback.
+        deleted, _ = IndexBuild.objects.filter(pk=build.pk, is_active=False).delete()
+        if deleted:
+            artifact_store.storage_delete(build.artifact_prefix)
+            removed.append(build.pk)
+    if removed:
+        logger.info("Pruned %s old index builds: %s", len(removed), ", ".join(map(str, removed)))
+    return removed
 
 
 def _process_alive(pid: int) -> bool:

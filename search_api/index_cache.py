@@ -15,7 +15,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from indexing import artifact_store
 from indexing.artifacts import ArtifactError, LoadedIndex, unpack_artifacts
 from indexing.models import GalleryType, IndexEngine
-from indexing.selectors import ActiveBuild, active_builds
+from indexing.selectors import ActiveBuild, active_builds, builds_existing
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +72,32 @@ class IndexCache:
             self._database_down(exc)
             return
         state = CacheState(loaded=dict(self._state.loaded))
+        swapped = False
         for key, build in active.items():
             current = state.loaded.get(key)
             if current is not None and current.build_id == build.build_id:
                 continue
             try:
                 state.loaded[key] = self._load(key, build)
+                swapped = True
                 logger.info("Serving %s %s index from build %s", *key, build.build_id)
             except Exception as exc:  # keep serving the previous build
                 logger.exception("Could not load build %s for %s %s", build.build_id, *key)
                 state.load_errors[key] = f"build {build.build_id}: {exc}"
         self._state = state
+        if swapped:
+            self._forget_pruned_builds()
+
+    def _forget_pruned_builds(self) -> None:
+        """Drop local copies of builds whose row is gone (pruned): nothing will load them again."""
+        try:
+            cached = artifact_store.cache_build_ids()
+            keep = builds_existing(cached) | artifact_store.cache_pointed_ids()
+            for build_id in set(cached) - keep:
+                artifact_store.cache_remove(build_id)
+                logger.info("Removed the local copy of pruned build %s", build_id)
+        except Exception:  # housekeeping only; serving goes on
+            logger.exception("Could not clean the local index cache")
 
     def _load(self, key: Key, build: ActiveBuild) -> LoadedIndex:
         files = artifact_store.cache_get(build.build_id)

@@ -192,6 +192,9 @@ SIMSEARCH_DEVICE = env_str("SIMSEARCH_DEVICE", "auto")  # auto | cpu | cuda
 SIMSEARCH_TORCH_THREADS = env_int("SIMSEARCH_TORCH_THREADS", 0)
 SIMSEARCH_EMBED_BATCH_SIZE = env_int("SIMSEARCH_EMBED_BATCH_SIZE", 32)
 SIMSEARCH_INDEX_PREFIX = env_str("SIMSEARCH_INDEX_PREFIX", "index-builds")
+# Ready builds kept for rollback besides the active one, per image type and engine; older ones
+# (rows and files) are removed after each successful build and by `manage.py prune_index_builds`.
+SIMSEARCH_KEEP_BUILDS = env_int("SIMSEARCH_KEEP_BUILDS", 5)
 SIMSEARCH_INDEX_CACHE_DIR = DATA_DIR / "index_cache"
 # A running build whose worker has not reported progress for this long is marked failed.
 SIMSEARCH_BUILD_STALE_SECONDS = env_int("SIMSEARCH_BUILD_STALE_SECONDS", 600)
