@@ -19,8 +19,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, host: str, port: str, **options: Any) -> None:
         base = f"http://{host}:{port}"
-        # Stop the same way on SIGTERM as on Ctrl-C, so the qcluster never outlives the demo.
+        # Stop the same way on SIGTERM as on Ctrl-C, so the qcluster never outlives the demo; and
+        # honour SIGINT even when started in the background by a shell that ignores it there.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         qcluster = subprocess.Popen([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
         self.stdout.write(
             "\n".join(

@@ -1,0 +1,108 @@
+"""`make demo`'s steps, as the Makefile runs them (SQLite, local files, development settings,
+offline), with a small catalog: migrate, demo admin, demo catalog, weights fallback, rebuild,
+then serve_demo answers searches and Ctrl-C stops the web server and the task queue."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT, free_ports
+from tests.helpers import wait_until
+
+
+def demo_env(data_dir: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SIMSEARCH_", "AWS_"))}
+    keep.pop("DATABASE_URL", None)
+    keep.pop("REDIS_URL", None)
+    # The Makefile's DEMO_ENV.
+    return keep | {
+        "DJANGO_SETTINGS_MODULE": "simsearch_project.settings",
+        "DJANGO_DEBUG": "true",
+        "SIMSEARCH_DATA_DIR": str(data_dir),
+        "SIMSEARCH_STORAGE": "local",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    env = demo_env(tmp_path / "demo")
+    manage(env, "migrate", "--noinput")
+    admin = manage(env, "create_demo_admin").stdout
+    token = re.search(r"Authorization: Token (\w+)", admin).group(1)
+    assert "user 'admin', password 'admin'" in admin
+    loaded = manage(env, "load_demo_catalog", "--normal-per-product", "2", "--defects-per-kind", "1").stdout
+    assert "Loaded 18 demo images for 3 products" in loaded
+    assert "already loaded" in manage(env, "load_demo_catalog").stdout  # running make demo twice is fine
+
+    weights = manage(env, "demo_weights")
+    pretrained = weights.stdout.strip()
+    # No network here: the configured CLIP weights are not cached, so the demo says so loudly.
+    assert pretrained == "untrained" and "NOT meaningful" in weights.stderr
+    env["SIMSEARCH_PRETRAINED"] = pretrained
+    manage(env, "rebuild_index", "--type", "all", "--sync")
+
+    port = free_ports(1)[0]
+    log_path = tmp_path / "serve_demo.log"
+    with open(log_path, "wb") as log:
+        demo = subprocess.Popen(
+            [sys.executable, "manage.py", "serve_demo", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal gives it
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> dict | None:
+            try:
+                response = requests.get(f"{base}/readyz", timeout=5)
+            except requests.ConnectionError:
+                return None
+            return response.json() if response.status_code == 200 else None
+
+        assert demo.poll() is None
+        wait_until(ready, timeout=120)
+        wait_until(lambda: "Q Cluster" in log_path.read_text() and " running." in log_path.read_text(), timeout=60)
+        found = requests.post(
+            f"{base}/api/search/similarity/",
+            headers={"Authorization": f"Token {token}"},
+            data={"image_id": 1, "image_type": "normal", "top_k": 3},
+            timeout=60,
+        )
+        assert found.status_code == 200, found.text
+        body = found.json()
+        assert body["results"][0]["image_id"] == 1 and body["index"]["is_untrained"] is True
+        assert requests.get(f"{base}/admin/login/", timeout=10).status_code == 200
+
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        assert demo.wait(timeout=60) == 0
+        wait_until(lambda: not group_alive(demo.pid), timeout=30)  # the qcluster is gone too
+        assert "Stopped the web server and the task queue." in log_path.read_text()
+    finally:
+        if group_alive(demo.pid):
+            os.killpg(demo.pid, signal.SIGKILL)
