@@ -116,13 +116,18 @@ def read_limited(stream: io.IOBase, *, max_bytes: int) -> bytes:
 
 def thumbnail_jpeg(data: bytes, *, max_side: int) -> bytes:
     """A JPEG no larger than max_side on either side, upright (EXIF orientation applied), for
-    previews. Call it on bytes inspect_image_bytes accepted; raises OSError/ValueError for image
-    modes it cannot show (the caller then goes without a preview)."""
+    previews. Call it on bytes inspect_image_bytes accepted. Pillow may raise on odd files (a
+    broken EXIF block, say): callers treat any exception as "no preview"."""
     with PILImage.open(io.BytesIO(data)) as img:
         if img.format == "JPEG":
             # Decode at a reduced DCT scale: a 20 MP photo costs a fraction of a full decode.
             img.draft("RGB", (max_side, max_side))
-        img = ImageOps.exif_transpose(img)
+        # Shrink first (every mode supports it), so mode conversions below work on a small copy.
+        img.thumbnail((max_side, max_side))
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a broken EXIF block (SyntaxError, struct errors...): show it as stored
+            pass
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             img = PILImage.new("RGB", rgba.size, "white")
@@ -133,8 +138,6 @@ def thumbnail_jpeg(data: bytes, *, max_side: int) -> bytes:
             low, high = grey.getextrema()
             scale = 255.0 / (high - low) if high > low else 1.0
             img = grey.point(lambda v: (v - low) * scale).convert("L")
-        img = img.convert("RGB")
-        img.thumbnail((max_side, max_side))
         out = io.BytesIO()
-        img.save(out, format="JPEG", quality=85, optimize=True)
+        img.convert("RGB").save(out, format="JPEG", quality=85, optimize=True)
         return out.getvalue()

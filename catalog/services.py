@@ -58,10 +58,10 @@ def _check_labels(*, image_type: str, defect_type: DefectType | None) -> None:
 
 def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
     """Write the image and its preview; on failure nothing of this image stays in storage."""
+    preview = _thumbnail(data)
     try:
         # The name only carries the extension; upload_to generates the object key.
         image.file.save(f"upload.{info.extension}", ContentFile(data), save=False)
-        preview = _thumbnail(data)
         if preview is not None:
             image.thumbnail.save("thumbnail.jpg", ContentFile(preview), save=False)
     except Exception as exc:  # storage backends raise OSError, botocore errors, ...
@@ -73,9 +73,9 @@ def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
 def _thumbnail(data: bytes) -> bytes | None:
     try:
         return thumbnail_jpeg(data, max_side=THUMBNAIL_SIDE)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # Pillow raises many types on odd files
         # A preview is a convenience: an image Pillow decodes but cannot show is still catalogued.
-        logger.warning("No thumbnail for an upload (%s); the admin shows the file itself", exc)
+        logger.warning("No thumbnail for an upload (%s: %s); the admin shows the file itself", type(exc).__name__, exc)
         return None
 
 

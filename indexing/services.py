@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from catalog.storage import read_object
@@ -236,7 +237,7 @@ def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | 
     else:
         try:
             builds_prune(image_type=build.image_type, engine=build.engine)
-        except Exception:  # the new build serves; old files wait for the next prune
+        except Exception:  # the new build serves; the next build prunes again
             logger.exception("Pruning old builds after build %s failed", build_id)
     build.refresh_from_db()
     return build
@@ -384,9 +385,10 @@ def index_build_activate(*, build: IndexBuild) -> IndexBuild:
 
 def builds_prune(*, keep: int | None = None, image_type: str | None = None, engine: str | None = None) -> list[int]:
     """Delete the files and rows of ready builds that are neither active nor among the `keep`
-    (default SIMSEARCH_KEEP_BUILDS) newest other ready builds of their image type and engine:
-    the rollback history stays `keep` builds long. Queued, running and failed builds are left
-    alone. Returns the ids removed."""
+    (default SIMSEARCH_KEEP_BUILDS) most recently active other builds of their image type and
+    engine: the rollback history stays `keep` builds long, and a build rolled back to is as
+    recent as its rollback. Queued, running and failed builds are left alone. Returns the ids
+    removed."""
     keep = settings.SIMSEARCH_KEEP_BUILDS if keep is None else keep
     if keep < 0:
         raise ValueError("keep must be 0 or more")
@@ -395,21 +397,32 @@ def builds_prune(*, keep: int | None = None, image_type: str | None = None, engi
         ready = ready.filter(image_type=image_type)
     if engine:
         ready = ready.filter(engine=engine)
+    newest_first = ready.order_by(F("activated_at").desc(nulls_last=True), "-finished_at", "-id")
     seen: dict[tuple[str, str], int] = {}
     doomed: list[IndexBuild] = []
-    for build in ready.order_by("-finished_at", "-id").only("pk", "engine", "image_type", "artifact_prefix"):
+    for build in newest_first.only("pk", "engine", "image_type", "artifact_prefix"):
         key = (build.engine, build.image_type)
         seen[key] = seen.get(key, 0) + 1
         if seen[key] > keep:
             doomed.append(build)
     removed: list[int] = []
     for build in doomed:
-        # The row goes first (unless it was activated meanwhile): nobody loads a build without a
-        # row, so its files can then go without racing a rollback.
-        deleted, _ = IndexBuild.objects.filter(pk=build.pk, is_active=False).delete()
-        if deleted:
+        # The row goes first, locked and re-checked so a rollback to it meanwhile wins: nobody
+        # loads a build without a row, so its files can then go.
+        with transaction.atomic():
+            row = IndexBuild.objects.select_for_update().filter(pk=build.pk, is_active=False).first()
+            if row is None:
+                continue
+            row.delete()
+        removed.append(build.pk)
+        try:
             artifact_store.storage_delete(build.artifact_prefix)
-            removed.append(build.pk)
+        except Exception:
+            logger.exception(
+                "Build %s was pruned but its files under %s could not be deleted; remove them by hand",
+                build.pk,
+                build.artifact_prefix,
+            )
     if removed:
         logger.info("Pruned %s old index builds: %s", len(removed), ", ".join(map(str, removed)))
     return removed

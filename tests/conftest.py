@@ -259,7 +259,7 @@ def running_qcluster(log_path: Path, **env: str) -> Iterator[subprocess.Popen]:
         process = subprocess.Popen(
             [os.sys.executable, "manage.py", "qcluster"],
             cwd=ROOT,
-            env=server_env(**env),
+            env=server_env(**{"SIMSEARCH_LOG_LEVEL": "INFO", **env}),  # the start-up wait reads INFO lines
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -86,6 +86,12 @@ def test_thumbnail_turns_a_rotated_phone_photo_upright() -> None:
     assert preview(encoded(landscape_pixels, "JPEG", exif=exif)).size == (160, 320)
 
 
+def test_thumbnail_of_an_image_with_a_broken_exif_block_is_shown_as_stored() -> None:
+    data = encoded(PILImage.new("RGB", (40, 30), "red"), "PNG", exif=b"Exif\x00\x00garbage-not-tiff")
+    inspect_image_bytes(data, **LIMITS)  # an acceptable upload...
+    assert preview(data).size == (40, 30)  # ...that still gets its preview
+
+
 def test_thumbnail_puts_transparency_on_white() -> None:
     clear = PILImage.new("RGBA", (64, 64), (0, 0, 0, 0))
     assert np.asarray(preview(encoded(clear, "PNG"))).min() >= 250

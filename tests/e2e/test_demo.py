@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,10 @@ def demo_env(data_dir: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SIMSEARCH_", "AWS_"))}
     keep.pop("DATABASE_URL", None)
     keep.pop("REDIS_URL", None)
-    # The Makefile's DEMO_ENV.
+    # The Makefile's DEMO_ENV, with empty model caches: like a fresh machine without network.
     return keep | {
+        "HF_HOME": str(data_dir / "hf"),
+        "XDG_CACHE_HOME": str(data_dir / "cache"),
         "DJANGO_SETTINGS_MODULE": "simsearch_project.settings",
         "DJANGO_DEBUG": "true",
         "SIMSEARCH_DATA_DIR": str(data_dir),
@@ -59,7 +62,7 @@ def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
     weights = manage(env, "demo_weights")
     pretrained = weights.stdout.strip()
-    # No network here: the configured CLIP weights are not cached, so the demo says so loudly.
+    # No network and no cached CLIP weights: the demo falls back and says so loudly.
     assert pretrained == "untrained" and "NOT meaningful" in weights.stderr
     env["SIMSEARCH_PRETRAINED"] = pretrained
     manage(env, "rebuild_index", "--type", "all", "--sync")
@@ -81,7 +84,7 @@ def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
         def ready() -> dict | None:
             try:
                 response = requests.get(f"{base}/readyz", timeout=5)
-            except requests.ConnectionError:
+            except requests.RequestException:
                 return None
             return response.json() if response.status_code == 200 else None
 
@@ -106,3 +109,24 @@ def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     finally:
         if group_alive(demo.pid):
             os.killpg(demo.pid, signal.SIGKILL)
+
+
+def test_serve_demo_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    env = demo_env(tmp_path / "demo")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        demo = subprocess.Popen(
+            [sys.executable, "manage.py", "serve_demo", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        output, _ = demo.communicate(timeout=120)
+    assert demo.returncode != 0
+    assert f"Cannot serve on 127.0.0.1:{port}" in output and "PORT=" in output
+    assert "Q Cluster" not in output and not group_alive(demo.pid)  # no task queue left behind

@@ -6,7 +6,7 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.core.management import CommandError, call_command
 
 from indexing import artifact_store
@@ -54,6 +54,38 @@ def test_the_active_build_is_kept_however_old(settings, product, scratch):
     assert set(IndexBuild.objects.values_list("pk", flat=True)) == {first.pk, third.pk}
     assert IndexBuild.objects.get(is_active=True).pk == first.pk
     assert not files_exist(second) and files_exist(first)
+
+
+def test_a_build_rolled_back_to_counts_as_recent(settings, product, scratch):
+    """Rolled back to the old good build, then a new build: the good one stays in the history
+    even though it finished first."""
+    settings.SIMSEARCH_KEEP_BUILDS = 10
+    good, _, bad = builds_in_a_row(3, product, scratch)
+    index_build_activate(build=good)  # `bad` misbehaves: roll back
+    settings.SIMSEARCH_KEEP_BUILDS = 1
+    (newest,) = builds_in_a_row(1, product, scratch)
+    assert set(IndexBuild.objects.values_list("pk", flat=True)) == {newest.pk, good.pk}
+    assert not IndexBuild.objects.filter(pk=bad.pk).exists()
+
+
+class DeleteRefusingStorage(FileSystemStorage):
+    """Local storage whose deletes fail (an object store refusing them)."""
+
+    def delete(self, name: str) -> None:
+        raise OSError("access denied")
+
+
+def test_files_that_cannot_be_deleted_are_logged_and_the_prune_goes_on(settings, product, scratch, caplog):
+    settings.SIMSEARCH_KEEP_BUILDS = 10
+    first, second, _ = builds_in_a_row(3, product, scratch)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": f"{__name__}.DeleteRefusingStorage", "OPTIONS": {"location": settings.MEDIA_ROOT}},
+    }
+    assert builds_prune(keep=0) == [second.pk, first.pk]
+    assert IndexBuild.objects.count() == 1
+    logged = " ".join(record.getMessage() for record in caplog.records if record.levelname == "ERROR")
+    assert first.artifact_prefix in logged and second.artifact_prefix in logged and "by hand" in logged
 
 
 def test_activating_a_build_pruned_meanwhile_is_404_and_changes_nothing(settings, product, scratch):

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -23,6 +24,7 @@ class Command(BaseCommand):
         # honour SIGINT even when started in the background by a shell that ignores it there.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _check_port_free(host, int(port))
         qcluster = subprocess.Popen([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
         self.stdout.write(
             "\n".join(
@@ -50,4 +52,18 @@ class Command(BaseCommand):
                     qcluster.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     qcluster.kill()
+                    qcluster.wait()
             self.stdout.write("Stopped the web server and the task queue.")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """runserver exits the process outright when its port is taken, which would leave the
+    qcluster running: find out before starting it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot serve on {host}:{port} ({exc.strerror}); try `make demo PORT={port + 1}`."
+            ) from exc
