@@ -11,7 +11,8 @@ from indexing.services import builds_prune
 class Command(BaseCommand):
     help = (
         "Remove old ready index builds (database rows and stored files), keeping the active build "
-        "and the --keep newest others per image type and engine. Runs after every successful build too."
+        "and the --keep most recently active others per image type and engine. Runs after every "
+        "successful build too."
     )
 
     def add_arguments(self, parser: Any) -> None:
