@@ -22,6 +22,7 @@ BENCHMARKS = {
         "full": ["--vectors", "10000", "--queries", "60"],
         "quick": ["--vectors", "10000", "--queries", "30"],
     },
+    "upload_previews": {"full": ["--megapixels", "20"], "quick": ["--megapixels", "20", "--repeats", "1"]},
     "http_load": {
         "full": ["--clients", "8", "--seconds", "20"],
         "quick": ["--clients", "8", "--seconds", "8", "--images", "100"],
