@@ -42,12 +42,30 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def group_members(pgid: int) -> list[str]:
+    """Live processes of a process group ("pid state command"); zombies are already dead."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, process_group = fields[0], int(fields[2])
+        if process_group == pgid and state not in ("Z", "X"):
+            members.append(f"{stat.parent.name} {state} {command.strip()}")
+    return members
 
 
 def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -69,6 +87,7 @@ def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
     port = free_ports(1)[0]
     log_path = tmp_path / "serve_demo.log"
+    qcluster = 0
     with open(log_path, "wb") as log:
         demo = subprocess.Popen(
             [sys.executable, "manage.py", "serve_demo", "--host", "127.0.0.1", "--port", str(port)],
@@ -102,13 +121,18 @@ def test_demo_steps_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert body["results"][0]["image_id"] == 1 and body["index"]["is_untrained"] is True
         assert requests.get(f"{base}/admin/login/", timeout=10).status_code == 200
 
+        (qcluster,) = children(demo.pid)  # leads its own process group: the sentinel and workers
+        assert len(group_members(qcluster)) >= 4
+
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
         assert demo.wait(timeout=60) == 0
-        wait_until(lambda: not group_alive(demo.pid), timeout=30)  # the qcluster is gone too
+        assert group_members(demo.pid) == []
+        assert group_members(qcluster) == []  # the qcluster and all its processes are gone too
         assert "Stopped the web server and the task queue." in log_path.read_text()
     finally:
-        if group_alive(demo.pid):
-            os.killpg(demo.pid, signal.SIGKILL)
+        for group in (demo.pid, qcluster):
+            if group and group_members(group):
+                os.killpg(group, signal.SIGKILL)
 
 
 def test_serve_demo_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -> None:
@@ -129,4 +153,4 @@ def test_serve_demo_on_a_taken_port_says_so_and_starts_nothing(tmp_path: Path) -
         output, _ = demo.communicate(timeout=120)
     assert demo.returncode != 0
     assert f"Cannot serve on 127.0.0.1:{port}" in output and "PORT=" in output
-    assert "Q Cluster" not in output and not group_alive(demo.pid)  # no task queue left behind
+    assert "Q Cluster" not in output and group_members(demo.pid) == []  # no task queue left behind

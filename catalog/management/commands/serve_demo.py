@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -25,7 +26,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _check_port_free(host, int(port))
-        qcluster = subprocess.Popen([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
+        # The qcluster gets its own process group, so that it is told to stop exactly once, by us:
+        # django-q2 can hang half-stopped when a second signal (the terminal's Ctrl-C to the whole
+        # group, then our SIGTERM) arrives while it handles the first.
+        qcluster = subprocess.Popen(
+            [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], start_new_session=True
+        )
         self.stdout.write(
             "\n".join(
                 [
@@ -49,9 +55,11 @@ class Command(BaseCommand):
             if qcluster.poll() is None:
                 qcluster.terminate()
                 try:
-                    qcluster.wait(timeout=15)
+                    qcluster.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    qcluster.kill()
+                    # Still busy (a long build): end the whole cluster; the stale-build check marks
+                    # an interrupted build failed.
+                    os.killpg(qcluster.pid, signal.SIGKILL)
                     qcluster.wait()
             self.stdout.write("Stopped the web server and the task queue.")
 
