@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -275,6 +276,8 @@ def running_qcluster(log_path: Path, **env: str) -> Iterator[subprocess.Popen]:
         yield process
     finally:
         stop_process(process, timeout=20)
+        with contextlib.suppress(ProcessLookupError):  # a sentinel or worker left behind
+            os.killpg(process.pid, signal.SIGKILL)
         print(log_path.read_text(errors="replace")[-3000:])
 
 
