@@ -23,6 +23,7 @@ BENCHMARKS = {
         "quick": ["--vectors", "10000", "--queries", "30"],
     },
     "upload_previews": {"full": ["--megapixels", "20"], "quick": ["--megapixels", "20", "--repeats", "1"]},
+    "embed_memory": {"full": [], "quick": []},
     "http_load": {
         "full": ["--clients", "8", "--seconds", "20"],
         "quick": ["--clients", "8", "--seconds", "8", "--images", "100"],

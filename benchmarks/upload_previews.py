@@ -35,7 +35,7 @@ def main(table: Table | None = None, megapixels: float = 20, repeats: int = 3) -
     from catalog.services import THUMBNAIL_SIDE
 
     table = table or Table()
-    limits = {"max_bytes": 10**10, "max_pixels": 10**10}
+    limits = {"max_bytes": 10**10, "max_pixels": 10**10, "max_aspect_ratio": 10**6}
     for fmt in ("JPEG", "PNG"):
         data = photo(megapixels, fmt)
         with Timer() as validate:

@@ -43,8 +43,11 @@ def _limit_text(n_bytes: int) -> str:
     return f"{n_bytes / (1024 * 1024):.1f} MB" if n_bytes >= 1024 * 1024 else f"{n_bytes} bytes"
 
 
-def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
-    """Decode `data` completely and describe it, or raise InvalidImage saying what is wrong."""
+def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_aspect_ratio: float) -> ImageInfo:
+    """Decode `data` completely and describe it, or raise InvalidImage saying what is wrong.
+
+    `max_aspect_ratio` bounds long side / short side: a 1x60000 strip is within any pixel limit but
+    is no photo of a part, and every model preprocessing has to stretch it."""
     if not data:
         raise InvalidImage("empty", "The file is empty.")
     if len(data) > max_bytes:
@@ -65,6 +68,13 @@ def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> Imag
                         "too_many_pixels",
                         f"The image is {width}x{height} pixels ({width * height:,}); "
                         f"the limit is {max_pixels:,} pixels.",
+                    )
+                if max(width, height) > max_aspect_ratio * max(min(width, height), 1):
+                    raise InvalidImage(
+                        "aspect_ratio",
+                        f"The image is {width}x{height} pixels, an aspect ratio of "
+                        f"{max(width, height) / max(min(width, height), 1):,.0f}:1; the limit is "
+                        f"{max_aspect_ratio:g}:1 (SIMSEARCH_MAX_ASPECT_RATIO).",
                     )
                 img.verify()
             # verify() leaves the image unusable and misses truncated pixel data: decode fully.

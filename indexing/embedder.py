@@ -111,12 +111,21 @@ class Embedder:
             model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
         )
         preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+        # "shortest" (open_clip's default) scales the short side to the input size, then keeps the
+        # centre square. Scaling first would enlarge a 1x10000 strip to 224x2.2M pixels (gigabytes)
+        # only to throw nearly all of it away; cutting the same centre square out first gives the
+        # same picture and never materialises more than the original or the model input.
+        size = preprocess_cfg.get("size", self.input_size)
+        square_input = not isinstance(size, (tuple, list)) or len(set(size)) == 1
+        self.crop_square_first = preprocess_cfg.get("resize_mode", "shortest") == "shortest" and square_input
         self.fingerprint_source = {
             "model": model_name,
             "weights": weights_identity,
             "preprocess": {k: preprocess_cfg.get(k) for k in sorted(preprocess_cfg)},
             "input_size": self.input_size,
-            "decode": "pil-jpeg-draft-2x,rgb",
+            "decode": "pil-jpeg-draft-2x,center-square-first,rgb"
+            if self.crop_square_first
+            else "pil-jpeg-draft-2x,rgb",
         }
         self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_source, sort_keys=True).encode()).hexdigest()[:32]
         with torch.inference_mode():
@@ -133,6 +142,8 @@ class Embedder:
         with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (2 * self.input_size, 2 * self.input_size))
+            if self.crop_square_first:
+                img = _center_square(img)
             return self.preprocess(img.convert("RGB"))
 
     # -- encoding ----------------------------------------------------------------------------
@@ -213,6 +224,17 @@ class Embedder:
             tokens = self.tokenizer(list(texts)).to(self.device)
             features = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _center_square(img: Image.Image) -> Image.Image:
+    """The centred square of side min(width, height): what a shortest-side resize followed by a
+    centre crop keeps of the image."""
+    width, height = img.size
+    side = min(width, height)
+    if width == height:
+        return img
+    left, top = (width - side) // 2, (height - side) // 2
+    return img.crop((left, top, left + side, top + side))
 
 
 _cache: dict[tuple[str, str, str], Embedder] = {}

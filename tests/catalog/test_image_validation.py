@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from catalog.image_validation import ALLOWED_FORMATS, InvalidImage, inspect_image_bytes, thumbnail_jpeg
 from tests.helpers import image_bytes, png_header_bomb
 
-LIMITS = {"max_bytes": 5_000_000, "max_pixels": 20_000_000}
+LIMITS = {"max_bytes": 5_000_000, "max_pixels": 20_000_000, "max_aspect_ratio": 400}
 
 
 @pytest.mark.parametrize("fmt", list(ALLOWED_FORMATS))
@@ -34,11 +34,25 @@ def test_accepts_each_allowed_format_and_records_facts(fmt: str) -> None:
         (image_bytes("GIF"), LIMITS, "not_an_image"),
         (image_bytes("JPEG", size=(256, 256))[:600], LIMITS, "corrupt"),
         (image_bytes("PNG", size=(256, 256))[:-300], LIMITS, "corrupt"),
-        (image_bytes("PNG", size=(256, 256)), {"max_bytes": 1000, "max_pixels": 10**9}, "too_large"),
-        (image_bytes("PNG", size=(400, 300)), {"max_bytes": 10**9, "max_pixels": 100_000}, "too_many_pixels"),
-        (png_header_bomb(), {"max_bytes": 10**9, "max_pixels": 10**12}, "decompression_bomb"),
+        (image_bytes("PNG", size=(256, 256)), {**LIMITS, "max_bytes": 1000, "max_pixels": 10**9}, "too_large"),
+        (image_bytes("PNG", size=(400, 300)), {**LIMITS, "max_bytes": 10**9, "max_pixels": 100_000}, "too_many_pixels"),
+        (png_header_bomb(), {**LIMITS, "max_bytes": 10**9, "max_pixels": 10**12}, "decompression_bomb"),
+        (image_bytes("PNG", size=(1, 401)), LIMITS, "aspect_ratio"),
+        (image_bytes("PNG", size=(2001, 5)), LIMITS, "aspect_ratio"),
     ],
-    ids=["empty", "text", "pdf", "gif", "truncated-jpeg", "truncated-png", "too-large", "too-many-pixels", "bomb"],
+    ids=[
+        "empty",
+        "text",
+        "pdf",
+        "gif",
+        "truncated-jpeg",
+        "truncated-png",
+        "too-large",
+        "too-many-pixels",
+        "bomb",
+        "tall-strip",
+        "wide-strip",
+    ],
 )
 def test_rejects_bad_bytes_with_a_reason(data: bytes, limits: dict, code: str) -> None:
     with pytest.raises(InvalidImage) as caught:
@@ -47,9 +61,16 @@ def test_rejects_bad_bytes_with_a_reason(data: bytes, limits: dict, code: str) -
     assert str(caught.value)  # a sentence a person can read
 
 
+def test_aspect_ratio_limit_is_inclusive_and_named() -> None:
+    assert inspect_image_bytes(image_bytes("PNG", size=(1, 400)), **LIMITS).height == 400
+    with pytest.raises(InvalidImage) as caught:
+        inspect_image_bytes(image_bytes("PNG", size=(60000, 1)), **LIMITS)
+    assert "SIMSEARCH_MAX_ASPECT_RATIO" in str(caught.value) and "60000x1" in str(caught.value)
+
+
 def test_pixel_limit_applies_before_decoding_a_bomb() -> None:
     with pytest.raises(InvalidImage) as caught:
-        inspect_image_bytes(png_header_bomb(5000, 5000), max_bytes=10**9, max_pixels=1_000_000)
+        inspect_image_bytes(png_header_bomb(5000, 5000), max_bytes=10**9, max_pixels=1_000_000, max_aspect_ratio=400)
     assert caught.value.code == "too_many_pixels"
     assert "5000x5000" in str(caught.value)
 

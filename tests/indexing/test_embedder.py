@@ -108,3 +108,57 @@ def test_unloadable_weights_fail_loudly_naming_the_setting(model: str, pretraine
     with pytest.raises(WeightsUnavailable) as caught:
         Embedder(model_name=model, pretrained=pretrained)
     assert names in str(caught.value)
+
+
+def test_centre_square_is_cut_before_scaling_with_the_same_embedding(embedder: Embedder) -> None:
+    seen: list[tuple[int, int]] = []
+    real_preprocess = embedder.preprocess
+
+    def recording(img: PILImage.Image) -> torch.Tensor:
+        seen.append(img.size)
+        return real_preprocess(img)
+
+    photo = PILImage.fromarray(np.random.default_rng(1).integers(0, 255, (24, 36, 3), dtype=np.uint8)).resize(
+        (600, 400)
+    )
+    data = io.BytesIO()
+    photo.save(data, format="PNG")
+    strip = image_bytes("PNG", size=(1, 400), seed=2)
+    embedder.preprocess = recording
+    try:
+        cropped = embedder.encode_image_bytes(data.getvalue())[0]
+        embedder.encode_image_bytes(strip)
+    finally:
+        embedder.preprocess = real_preprocess
+    # A strip reaches the model's preprocessing as its 1x1 centre, not as a 1x400 image to enlarge.
+    assert seen == [(400, 400), (1, 1)]
+    # For an ordinary photo the order changes nothing that matters.
+    plain = embedder._forward([real_preprocess(photo.convert("RGB"))])[0]
+    assert float(cropped @ plain) > 0.999
+
+
+def test_embedding_the_longest_accepted_strip_stays_small(tmp_path: Path) -> None:
+    """In a fresh process (peak RSS is per process): before the fix, a 1x60000 PNG grew the
+    process by gigabytes while the tiny model scaled it up."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "strip.py"
+    script.write_text(
+        "import resource, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from indexing.embedder import Embedder\n"
+        "from tests.helpers import image_bytes\n"
+        f"e = Embedder(model_name={TINY!r}, pretrained='untrained')\n"
+        "e.encode_image_bytes(image_bytes('PNG', size=(64, 48)))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "e.encode_image_bytes(image_bytes('PNG', size=(1, 60000)))\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120, cwd=root
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    grown_mib = int(result.stdout.split()[-1])
+    assert grown_mib < 100, f"embedding a 1x60000 strip grew the process by {grown_mib} MiB"
