@@ -11,6 +11,10 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
+# S3 keys are at most 1,024 bytes; file systems allow 255 bytes a name.
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+
 
 class RefusedStorageUrl(ValueError):
     pass
@@ -22,6 +26,12 @@ def _clean_key(raw: str) -> str:
         raise RefusedStorageUrl("The storage key is empty or contains forbidden characters.")
     if any(part in ("..", ".") for part in key.split("/")) or posixpath.normpath(key) != key.rstrip("/"):
         raise RefusedStorageUrl("The storage key must not contain '..' or '.' segments.")
+    if key.endswith("/"):
+        raise RefusedStorageUrl("The storage key names a folder; name one object (an image file).")
+    if len(key.encode()) > MAX_KEY_BYTES or any(len(part.encode()) > MAX_SEGMENT_BYTES for part in key.split("/")):
+        raise RefusedStorageUrl(
+            f"The storage key is too long (at most {MAX_KEY_BYTES} bytes, {MAX_SEGMENT_BYTES} between slashes)."
+        )
     return key
 
 
