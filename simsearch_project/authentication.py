@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
+from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
-CACHE_SECONDS = 600
-
-
-def _cache_key(key: str) -> str:
-    return "simsearch:token:" + hashlib.sha256(key.encode()).hexdigest()
+from simsearch_project import credential_cache
 
 
 class CachedTokenAuthentication(TokenAuthentication):
-    """DRF token auth; each valid token is remembered in the cache (Redis when configured) for
-    ten minutes, so searches from the line keep working from the local index cache while the
-    database is down. A revoked token stops working within those ten minutes at most."""
+    """DRF token auth. Each token the database confirms is remembered (credential_cache) for
+    SIMSEARCH_AUTH_OUTAGE_CACHE_SECONDS, so searches from the line keep working from the local
+    index cache while the database is down. Only then is the memory used, and a token deleted, a
+    user deactivated or deleted, or a user losing a group or permission is forgotten at once."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token | None]:
         try:
             user, token = super().authenticate_credentials(key)
         except (OperationalError, InterfaceError):
-            remembered = cache.get(_cache_key(key))
+            remembered = credential_cache.recall(token_key=key)
             if remembered is None:
                 raise
-            user = get_user_model()(**remembered)
-            return user, None
-        cache.set(
-            _cache_key(key),
-            {"pk": user.pk, "username": user.get_username(), "is_staff": user.is_staff, "is_active": user.is_active},
-            CACHE_SECONDS,
-        )
+            return get_user_model()(**remembered), None
+        except exceptions.AuthenticationFailed:
+            credential_cache.forget([key])  # revoked by a path that sent no signal (raw SQL, ...)
+            raise
+        credential_cache.remember(token_key=key, user=user)
         return user, token
