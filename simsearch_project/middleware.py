@@ -6,21 +6,49 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
-def api_body_size_limit(get_response: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequest], HttpResponse]:
-    """Refuse oversized /api/ bodies before anything reads them (413 with a JSON reason)."""
+def _body_limit(request: HttpRequest, length: int) -> int:
+    """The largest body this request may carry: the API's, staff's in the admin, or a form's."""
+    if request.path_info.startswith("/api/"):
+        return settings.SIMSEARCH_MAX_REQUEST_BYTES
+    limit = settings.SIMSEARCH_MAX_FORM_REQUEST_BYTES
+    # The session user is looked up only for a body too big for a form, not on every request.
+    if length > limit and request.path_info.startswith("/admin/"):
+        user = getattr(request, "user", None)
+        if user is not None and user.is_active and user.is_staff:
+            return settings.SIMSEARCH_MAX_ADMIN_REQUEST_BYTES
+    return limit
+
+
+def request_body_size_limit(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
+    """Refuse an oversized body from its Content-Length, before anything reads it (413).
+
+    Sits after AuthenticationMiddleware so signed-in staff get the admin's bulk-upload cap and
+    everyone else a small one. Under WSGI (gunicorn) Django reads no more than Content-Length
+    bytes, and none without the header, so the header is the whole story. /api/ answers JSON like
+    the rest of the API; other paths plain text.
+    """
 
     def middleware(request: HttpRequest) -> HttpResponse:
-        if request.path.startswith("/api/"):
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                return JsonResponse({"detail": "Invalid Content-Length header."}, status=400)
-            limit = settings.SIMSEARCH_MAX_REQUEST_BYTES
-            if length > limit:
-                return JsonResponse(
-                    {"detail": f"The request body is {length} bytes; the limit is {limit} bytes.", "code": "too_large"},
-                    status=413,
-                )
+        is_api = request.path_info.startswith("/api/")
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            message = "Invalid Content-Length header."
+            if is_api:
+                return JsonResponse({"detail": message}, status=400)
+            return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+        limit = _body_limit(request, length)
+        if length > limit:
+            message = f"The request body is {length} bytes; the limit is {limit} bytes."
+            if is_api:
+                return JsonResponse({"detail": message, "code": "too_large"}, status=413)
+            return HttpResponse(
+                f"413 Request body too large. {message}\n", status=413, content_type="text/plain; charset=utf-8"
+            )
         return get_response(request)
 
     return middleware
