@@ -37,6 +37,7 @@ lint: venv
 demo-data: venv
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput
 	$(DEMO_ENV) $(PY) manage.py create_demo_admin
+	$(DEMO_ENV) $(PY) manage.py create_roles
 	$(DEMO_ENV) $(PY) manage.py load_demo_catalog
 
 # Uses the configured weights when they load, otherwise untrained weights (with a loud warning).

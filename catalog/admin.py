@@ -9,14 +9,15 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from catalog.forms import BulkUploadForm, ImageAdminForm
 from catalog.image_validation import read_limited
 from catalog.models import DefectType, Image, Product
-from catalog.services import UploadedImage, image_delete, images_create
+from catalog.services import SkippedDuplicate, UploadedImage, image_delete, images_bulk_create, images_create
 from indexing.admin import REBUILD_ACTIONS
 from simsearch_project.errors import ServiceError
+from simsearch_project.permissions import REBUILD_INDEX
 
 admin.site.site_header = "simsearch administration"
 admin.site.site_title = "simsearch"
@@ -124,7 +125,7 @@ class ImageAdmin(admin.ModelAdmin):
     actions = [*REBUILD_ACTIONS]
 
     def has_rebuild_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("indexing.add_indexbuild")
+        return request.user.has_perm(REBUILD_INDEX)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # Rebuild actions act on whole galleries: let them run without a selection.
@@ -235,13 +236,32 @@ class ImageAdmin(admin.ModelAdmin):
         ]
         return custom + super().get_urls()
 
+    @staticmethod
+    def _skipped_message(skipped: list[SkippedDuplicate]) -> str:
+        return format_html(
+            "Skipped {} duplicate file(s), identical to images already in the catalog for this product: {}.",
+            len(skipped),
+            format_html_join(
+                ", ",
+                '{} (<a href="{}">image {}</a>)',
+                (
+                    (
+                        item.name,
+                        reverse("admin:catalog_image_change", args=[item.existing_image_id]),
+                        item.existing_image_id,
+                    )
+                    for item in skipped
+                ),
+            ),
+        )
+
     def bulk_upload_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_add_permission(request):
             return HttpResponse("You may not add images.", status=403)
         form = BulkUploadForm(request.POST or None, request.FILES or None, admin_site=self.admin_site)
         if request.method == "POST" and form.is_valid():
             try:
-                created = images_create(
+                result = images_bulk_create(
                     uploads=form.uploads(max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES),
                     image_type=form.cleaned_data["image_type"],
                     product=form.cleaned_data["product"],
@@ -253,7 +273,9 @@ class ImageAdmin(admin.ModelAdmin):
             except ServiceError as exc:
                 form.add_error(None, exc.message)
             else:
-                self.message_user(request, f"Uploaded {len(created)} images.", messages.SUCCESS)
+                self.message_user(request, f"Uploaded {len(result.created)} images.", messages.SUCCESS)
+                if result.skipped:
+                    self.message_user(request, self._skipped_message(result.skipped), messages.WARNING)
                 return HttpResponseRedirect(reverse("admin:catalog_image_changelist"))
         context = {
             **self.admin_site.each_context(request),

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import django_filters
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, permissions, status, viewsets
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from catalog.image_validation import read_limited
 from catalog.models import DefectType, Image, ImageType, Product
-from catalog.selectors import image_list
+from catalog.selectors import image_list, image_list_visible_to
 from catalog.serializers import (
     DefectTypeSerializer,
     ImageOutputSerializer,
@@ -18,22 +19,14 @@ from catalog.serializers import (
     ProductSerializer,
 )
 from catalog.services import UploadedImage, image_delete, images_create
-
-
-class IsStaffOrReadOnly(permissions.BasePermission):
-    """Any signed-in user reads; only staff write."""
-
-    def has_permission(self, request: Request, view: object) -> bool:
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        return request.method in permissions.SAFE_METHODS or bool(user.is_staff)
+from simsearch_project.drf_defaults import BoundedJSONParser
+from simsearch_project.permissions import CatalogModelPermissions
 
 
 class ProductViewSet(viewsets.ModelViewSet):
     queryset = Product.objects.all()
     serializer_class = ProductSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [CatalogModelPermissions]
     search_fields = ["product_code", "product_name"]
     filterset_fields = ["product_code"]
     ordering_fields = ["product_code", "created_at"]
@@ -42,7 +35,7 @@ class ProductViewSet(viewsets.ModelViewSet):
 class DefectTypeViewSet(viewsets.ModelViewSet):
     queryset = DefectType.objects.all()
     serializer_class = DefectTypeSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [CatalogModelPermissions]
     search_fields = ["defect_code", "defect_name_ko", "defect_name_en"]
     filterset_fields = ["defect_code"]
     ordering_fields = ["defect_code", "created_at"]
@@ -69,8 +62,8 @@ class ImageViewSet(
 
     queryset = image_list()
     serializer_class = ImageOutputSerializer
-    permission_classes = [IsStaffOrReadOnly]
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    permission_classes = [CatalogModelPermissions]
+    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
     filterset_class = ImageFilter
     search_fields = [
         "product__product_code",
@@ -79,7 +72,30 @@ class ImageViewSet(
     ]
     ordering_fields = ["uploaded_at", "id"]
 
-    @extend_schema(request=ImageUploadSerializer, responses={201: ImageOutputSerializer})
+    def get_queryset(self) -> QuerySet[Image]:
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular's schema pass has no user
+            return image_list().none()
+        # Other clients' temporary query images stay hidden from list, retrieve and delete.
+        return image_list_visible_to(user=self.request.user)
+
+    @extend_schema(
+        request=ImageUploadSerializer,
+        responses={
+            201: ImageOutputSerializer,
+            409: OpenApiResponse(
+                response=inline_serializer(
+                    "DuplicateImageError",
+                    fields={
+                        "detail": serializers.CharField(),
+                        "code": serializers.CharField(),
+                        "existing_image_id": serializers.IntegerField(required=False),
+                    },
+                ),
+                description="The same picture (identical bytes) is already a catalog image of this product; "
+                "existing_image_id names it.",
+            ),
+        },
+    )
     def create(self, request: Request) -> Response:
         upload = ImageUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)

@@ -7,14 +7,23 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
+from django.urls import reverse
+from django.utils.html import format_html
 
 from catalog.image_validation import read_limited
 from catalog.models import DefectType, Image, ImageType, Product
+from catalog.selectors import catalog_images_by_hash
 from catalog.services import UploadedImage, image_inspect
+from simsearch_project.json_input import BoundedJSONDecoder
 
 
 class ImageAdminForm(forms.ModelForm):
     """Admin form for one image: the file is checked with the same rules as the API."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if "preprocessing_config" in self.fields:  # JSON typed by a person: bounded nesting
+            self.fields["preprocessing_config"].decoder = BoundedJSONDecoder
 
     class Meta:
         model = Image
@@ -32,11 +41,29 @@ class ImageAdminForm(forms.ModelForm):
         if upload is not None and hasattr(upload, "content_type"):  # a new upload, not the stored file
             data = read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES)
             try:
-                image_inspect(data=data)
+                self.upload_sha256 = image_inspect(data=data).sha256
             except ValidationError as exc:
                 raise ValidationError(exc.message_dict["file"]) from None
             upload.seek(0)
         return upload
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        sha256, product = getattr(self, "upload_sha256", None), cleaned.get("product")
+        if sha256 and product is not None and cleaned.get("image_type") != ImageType.QUERY_TEMP:
+            existing = catalog_images_by_hash(product=product, hashes=[sha256]).get(sha256)
+            if existing is not None:
+                # The upload service refuses it too (409); here the staff member gets a link to it.
+                self.add_error(
+                    "file",
+                    format_html(
+                        'The same picture (identical bytes) is already <a href="{}">image {}</a> of {}.',
+                        reverse("admin:catalog_image_change", args=[existing]),
+                        existing,
+                        product.product_code,
+                    ),
+                )
+        return cleaned
 
 
 class MultipleFileInput(forms.ClearableFileInput):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -86,9 +87,20 @@ class Image(models.Model):
     preprocessing_config = models.JSONField(default=dict, blank=True)
     uploaded_at = models.DateTimeField(auto_now_add=True, db_index=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Who registered a temporary query image: the API shows such rows only to their registrant
+    # and to users with catalog.view_image.
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="registered_images",
+    )
 
     class Meta:
         ordering = ["-uploaded_at", "-id"]
+        permissions = [("register_query_image", "Can register temporary query images")]
         constraints = [
             models.CheckConstraint(
                 condition=(

@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from catalog.models import DefectType, Image, ImageType, Product
+from simsearch_project.json_input import BoundedJSONDecoder
 
 # Catalog uploads are gallery images; temporary query images come through the worker API.
 UPLOAD_IMAGE_TYPES = [
@@ -84,7 +85,7 @@ class ImageUploadSerializer(serializers.Serializer):
     image_type = serializers.ChoiceField(choices=UPLOAD_IMAGE_TYPES)
     product_code = serializers.CharField(max_length=64)
     defect_code = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
-    preprocessing_config = serializers.JSONField(required=False, default=dict)
+    preprocessing_config = serializers.JSONField(required=False, default=dict, decoder=BoundedJSONDecoder)
 
     def validate_product_code(self, value: str) -> Product:
         product = Product.objects.filter(product_code=value).first()

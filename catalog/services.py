@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
@@ -16,8 +17,9 @@ from django.utils import timezone
 
 from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes, thumbnail_jpeg
 from catalog.models import DefectType, Image, ImageType, Product
+from catalog.selectors import catalog_image_with_object, catalog_images_by_hash, image_names_referenced
 from catalog.storage import read_stored
-from simsearch_project.errors import StorageUnavailable
+from simsearch_project.errors import Conflict, StorageUnavailable, safe_reason
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def image_inspect(*, data: bytes) -> ImageInfo:
             data,
             max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES,
             max_pixels=settings.SIMSEARCH_MAX_IMAGE_PIXELS,
+            max_aspect_ratio=settings.SIMSEARCH_MAX_ASPECT_RATIO,
         )
     except InvalidImage as exc:
         raise ValidationError({"file": [ValidationError(str(exc), code=exc.code)]}) from None
@@ -67,7 +70,7 @@ def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
     except Exception as exc:  # storage backends raise OSError, botocore errors, ...
         logger.exception("Writing an image to storage failed")
         _discard_files(image=image)
-        raise StorageUnavailable(f"The image could not be written to storage: {exc}") from exc
+        raise StorageUnavailable(f"The image could not be written to storage ({safe_reason(exc)}).") from exc
 
 
 def _thumbnail(data: bytes) -> bytes | None:
@@ -109,6 +112,20 @@ def _build(
     )
 
 
+@dataclass(frozen=True)
+class SkippedDuplicate:
+    """An upload left out because its bytes already are a catalog image of the product."""
+
+    name: str
+    existing_image_id: int
+
+
+@dataclass(frozen=True)
+class BulkUploadResult:
+    created: list[Image]
+    skipped: list[SkippedDuplicate]
+
+
 def images_create(
     *,
     uploads: Sequence[UploadedImage],
@@ -119,7 +136,61 @@ def images_create(
     expires_at: datetime | None = None,
 ) -> list[Image]:
     """Create one Image per upload, all or nothing: every file is validated before anything
-    is written, and files already stored are removed again if a later step fails."""
+    is written, and files already stored are removed again if a later step fails. A file with
+    the same bytes as a catalog image of the product, or as another file of the upload, is a
+    Conflict naming that image (temporary query images are exempt)."""
+    return _images_create(
+        uploads=uploads,
+        image_type=image_type,
+        product=product,
+        defect_type=defect_type,
+        preprocessing_config=preprocessing_config,
+        expires_at=expires_at,
+        skip_duplicates=False,
+    ).created
+
+
+def images_bulk_create(
+    *,
+    uploads: Sequence[UploadedImage],
+    image_type: str,
+    product: Product,
+    defect_type: DefectType | None = None,
+    preprocessing_config: dict | None = None,
+) -> BulkUploadResult:
+    """`images_create` for a batch of many photos: files whose bytes already are a catalog image
+    of the product, or an earlier file of the batch, are skipped and reported instead of
+    refusing the batch; the rest are created."""
+    return _images_create(
+        uploads=uploads,
+        image_type=image_type,
+        product=product,
+        defect_type=defect_type,
+        preprocessing_config=preprocessing_config,
+        expires_at=None,
+        skip_duplicates=True,
+    )
+
+
+def _duplicate(*, name: str, existing_image_id: int, product: Product) -> Conflict:
+    return Conflict(
+        f"{name}: the same picture (identical bytes) is already image {existing_image_id} of product "
+        f"{product.product_code}.",
+        code="duplicate_image",
+        details={"existing_image_id": existing_image_id},
+    )
+
+
+def _images_create(
+    *,
+    uploads: Sequence[UploadedImage],
+    image_type: str,
+    product: Product,
+    defect_type: DefectType | None,
+    preprocessing_config: dict | None,
+    expires_at: datetime | None,
+    skip_duplicates: bool,
+) -> BulkUploadResult:
     _check_labels(image_type=image_type, defect_type=defect_type)
     if not uploads:
         raise ValidationError({"file": ["No file was uploaded."]})
@@ -134,32 +205,81 @@ def images_create(
     if problems:
         raise ValidationError({"file": problems})
 
-    images = [
-        _build(
-            info=info,
-            image_type=image_type,
-            product=product,
-            defect_type=defect_type,
-            preprocessing_config=preprocessing_config,
-            expires_at=expires_at,
-        )
-        for info in infos
+    # One catalog row per picture and product: the same bytes twice would take two of a
+    # search's top_k places. Query images are exempt (a line may send one photo many times).
+    checks_duplicates = image_type != ImageType.QUERY_TEMP
+    positions: list[int] = []  # the uploads to create, by position
+    first_position: dict[str, int] = {}
+    for position, info in enumerate(infos):
+        if checks_duplicates and info.sha256 in first_position:
+            if not skip_duplicates:
+                earlier = uploads[first_position[info.sha256]].name
+                raise Conflict(
+                    f"{uploads[position].name} is the same picture (identical bytes) as {earlier} in this upload.",
+                    code="duplicate_image",
+                )
+            continue
+        first_position[info.sha256] = position
+        positions.append(position)
+    known = catalog_images_by_hash(product=product, hashes=first_position) if checks_duplicates else {}
+    if known and not skip_duplicates:
+        position = next(p for p in positions if infos[p].sha256 in known)
+        raise _duplicate(name=uploads[position].name, existing_image_id=known[infos[position].sha256], product=product)
+    positions = [p for p in positions if infos[p].sha256 not in known]
+
+    created: list[Image] = []
+    late: dict[str, int] = {}
+    if positions:
+        images = [
+            _build(
+                info=infos[p],
+                image_type=image_type,
+                product=product,
+                defect_type=defect_type,
+                preprocessing_config=preprocessing_config,
+                expires_at=expires_at,
+            )
+            for p in positions
+        ]
+        # All rows share their labels, so validating one checks the references and constraints.
+        images[0].full_clean(exclude=["file"])
+        stored: list[Image] = []
+        try:
+            for image, position in zip(images, positions, strict=True):
+                _store(image=image, info=infos[position], data=uploads[position].data)
+                stored.append(image)
+            with transaction.atomic():
+                if checks_duplicates:
+                    # Uploads for one product check and save one at a time: the product row is the
+                    # lock, and the check is repeated under it for what arrived meanwhile.
+                    list(Product.objects.select_for_update().filter(pk=product.pk).values_list("pk", flat=True))
+                    late = catalog_images_by_hash(product=product, hashes=[image.sha256 for image in images])
+                    if late and not skip_duplicates:
+                        image = next(image for image in images if image.sha256 in late)
+                        position = positions[images.index(image)]
+                        raise _duplicate(
+                            name=uploads[position].name, existing_image_id=late[image.sha256], product=product
+                        )
+                for image in images:
+                    if image.sha256 not in late:
+                        image.save()
+                        created.append(image)
+        except Exception:
+            for image in stored:
+                _discard_files(image=image)
+            raise
+        for image in images:
+            if image.sha256 in late:
+                _discard_files(image=image)
+
+    image_of = {**known, **late, **{image.sha256: image.pk for image in created}}
+    created_hashes = {image.sha256 for image in created}
+    skipped = [
+        SkippedDuplicate(name=upload.name, existing_image_id=image_of[info.sha256])
+        for position, (upload, info) in enumerate(zip(uploads, infos, strict=True))
+        if checks_duplicates and not (info.sha256 in created_hashes and first_position[info.sha256] == position)
     ]
-    # All rows share their labels, so validating one checks the references and constraints.
-    images[0].full_clean(exclude=["file"])
-    stored: list[Image] = []
-    try:
-        for image, info, upload in zip(images, infos, uploads, strict=True):
-            _store(image=image, info=info, data=upload.data)
-            stored.append(image)
-        with transaction.atomic():
-            for image in images:
-                image.save()
-    except Exception:
-        for image in stored:
-            _discard_files(image=image)
-        raise
-    return images
+    return BulkUploadResult(created=created, skipped=skipped)
 
 
 def image_create(
@@ -185,11 +305,25 @@ def image_create(
 
 
 def image_delete(*, image: Image) -> None:
-    """Delete the row, then the stored file and preview once the deletion is committed."""
+    """Delete the row, then, once the deletion is committed, its stored file and preview unless
+    another row still uses them (rows registered before query images were kept off catalog
+    objects may share one). Every way of deleting an image (API, admin, purge) comes here."""
     storage, names = image.file.storage, _stored_names(image)
     with transaction.atomic():
         image.delete()
-        transaction.on_commit(lambda: _delete_files_quietly(storage=storage, names=names))
+        transaction.on_commit(lambda: _delete_unreferenced(storage=storage, names=names))
+
+
+def _delete_unreferenced(*, storage, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+    try:
+        still_used = image_names_referenced(names=names)
+    except Exception:
+        # Not knowing is not a reason to delete: a leftover object costs only space.
+        logger.exception("Could not check whether other images use %s; keeping them", ", ".join(names))
+        return
+    for name in sorted(still_used):
+        logger.warning("Kept %s in storage: another image still uses it (see manage.py check_image_aliases)", name)
+    _delete_files_quietly(storage=storage, names=[name for name in names if name not in still_used])
 
 
 def _delete_files_quietly(*, storage, names: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -203,10 +337,17 @@ def _delete_files_quietly(*, storage, names: list[str]) -> None:  # type: ignore
 
 
 def temp_image_register(
-    *, storage_key: str, product: Product, defect_type: DefectType | None, ttl_seconds: int
+    *,
+    storage_key: str,
+    product: Product,
+    defect_type: DefectType | None,
+    ttl_seconds: int,
+    registered_by: AbstractBaseUser | None = None,
 ) -> Image:
     """Record an object a line worker already put in storage as a temporary query image.
-    It is never indexed and is deleted (row and object) once it expires."""
+    It is never indexed and is deleted (row and object) once it expires, so keys the server
+    manages or a catalog image uses are refused (ValidationError on storage_url)."""
+    _refuse_server_object(storage_key)
     info = image_inspect(data=read_stored(storage_key))
     image = _build(
         info=info,
@@ -217,9 +358,41 @@ def temp_image_register(
         expires_at=timezone.now() + timedelta(seconds=ttl_seconds),
     )
     image.file.name = storage_key
+    image.registered_by = registered_by  # who may see it over the API besides catalog viewers
     image.full_clean(exclude=["file"])
     image.save()
     return image
+
+
+def _server_managed_prefixes() -> tuple[str, ...]:
+    return ("images", "thumbnails", settings.SIMSEARCH_INDEX_PREFIX.strip("/"))
+
+
+def _refuse_server_object(key: str) -> None:
+    """A query image's object is deleted when the query image expires, so it must be the line's
+    own upload: never a catalog file or preview (or anything else the server writes), whose
+    links any signed-in user gets from search results."""
+    for prefix in _server_managed_prefixes():
+        if key == prefix or key.startswith(f"{prefix}/"):
+            raise ValidationError(
+                {
+                    "storage_url": [
+                        f"Objects under {prefix}/ are managed by the server (catalog images, previews, index files) "
+                        "and cannot be registered as a temporary query image; upload the photo to a key of its "
+                        "own (for example line-uploads/<camera>/<frame>.jpg) and register that."
+                    ]
+                }
+            )
+    existing = catalog_image_with_object(name=key)
+    if existing is not None:
+        raise ValidationError(
+            {
+                "storage_url": [
+                    f"This object belongs to catalog image {existing} and cannot be registered as a temporary "
+                    "query image; search with image_id instead, or upload the photo to a key of its own."
+                ]
+            }
+        )
 
 
 def temp_images_purge(*, now: datetime | None = None) -> int:

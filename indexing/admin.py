@@ -13,13 +13,14 @@ from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild
 from indexing.selectors import serving_engine
 from indexing.services import builds_fail_stale, index_build_activate, index_build_request
 from simsearch_project.errors import ServiceError
+from simsearch_project.permissions import ACTIVATE_INDEX_BUILD, REBUILD_INDEX
 
 UNTRAINED_WARNING = "untrained weights — similarity is not meaningful; demo/test only"
 
 
 def request_rebuild(request: HttpRequest, index_type: str) -> list[IndexBuild]:
     """Queue a rebuild from the admin and tell the user what happened."""
-    if not request.user.has_perm("indexing.add_indexbuild"):
+    if not request.user.has_perm(REBUILD_INDEX):
         raise PermissionDenied
     try:
         builds = index_build_request(
@@ -98,10 +99,10 @@ class IndexBuildAdmin(admin.ModelAdmin):
         return False  # old ready builds are the rollback history
 
     def has_rebuild_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("indexing.add_indexbuild")
+        return request.user.has_perm(REBUILD_INDEX)
 
     def has_activate_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("indexing.change_indexbuild")
+        return request.user.has_perm(ACTIVATE_INDEX_BUILD)
 
     @admin.display(description="Status", ordering="status")
     def status_label(self, obj: IndexBuild) -> str:
@@ -178,6 +179,8 @@ class IndexBuildAdmin(admin.ModelAdmin):
 
     def progress_view(self, request: HttpRequest) -> JsonResponse:
         """Live progress for the changelist's script: every build that is, or just was, pending."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         ids = [int(i) for i in request.GET.getlist("id") if i.isdigit()]
         builds = IndexBuild.objects.filter(pk__in=ids) | IndexBuild.objects.filter(status__in=PENDING_STATUSES)
         return JsonResponse(

@@ -70,6 +70,14 @@ class LoadedIndex:
     records: dict[int, dict[str, Any]]
     manifest_sha256: str
     _filter_cache: dict[tuple[str | None, str | None], np.ndarray] = field(default_factory=dict, repr=False)
+    # Vectors whose picture (sha256, V2 records) an earlier vector already has: identical bytes
+    # for two products. A search asks FAISS for this many extra hits so that, keeping one hit per
+    # picture, top_k distinct pictures still come back. Counted once, when the build is loaded.
+    duplicate_vectors: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        hashes = [record["sha256"] for record in self.records.values() if record.get("sha256")]
+        self.duplicate_vectors = len(hashes) - len(set(hashes))
 
     @property
     def build_id(self) -> int:

@@ -55,6 +55,11 @@ class IndexBuild(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Checked by the API and the admin alike (simsearch_project.permissions).
+        permissions = [
+            ("rebuild_index", "Can request index rebuilds"),
+            ("activate_indexbuild", "Can activate/roll back index builds"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["image_type", "engine"],

@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from catalog.storage import read_object
+from catalog.storage import existing_names, read_object
 from indexing import artifact_store
 from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
 from indexing.embedder import Embedder
@@ -28,12 +28,13 @@ from indexing.legacy import scan_legacy_folder
 from indexing.models import PENDING_STATUSES, BuildStatus, CachedEmbedding, GalleryType, IndexBuild, IndexEngine
 from indexing.runtime import current_embedder
 from indexing.selectors import gallery_rows
-from simsearch_project.errors import Conflict, NotFound, ServiceError
+from simsearch_project.errors import Conflict, NotFound, ServiceError, safe_reason
 
 logger = logging.getLogger(__name__)
 
 REBUILD_TASK = "indexing.tasks.index_builds_run"
 CACHE_LOOKUP_CHUNK = 500
+REQUEST_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class GallerySource:
     sha256: str
     read: Callable[[], bytes]
     record: dict[str, Any]
+    # V2: the object key, confirmed to exist before a cached embedding of it is trusted.
+    storage_name: str | None = None
 
 
 # --- request ------------------------------------------------------------------------------
@@ -72,28 +75,42 @@ def index_build_request(
         raise ServiceError("INDEX_DIR_V1 is not set: there is no legacy folder to index.", code="no_legacy_folder")
     builds_fail_stale()
     builds: list[IndexBuild] = []
-    new_ids: list[int] = []
     with transaction.atomic():
         for image_type in _gallery_types(index_type):
-            try:
-                with transaction.atomic():
-                    build = IndexBuild.objects.create(
-                        image_type=image_type,
-                        engine=engine,
-                        model_name=settings.SIMSEARCH_MODEL,
-                        pretrained=settings.SIMSEARCH_PRETRAINED,
-                        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
-                    )
-                new_ids.append(build.pk)
-                build.newly_queued = True  # type: ignore[attr-defined]
-            except IntegrityError:
-                # One pending build per type (database constraint): hand back the one in flight.
-                build = IndexBuild.objects.get(image_type=image_type, engine=engine, status__in=PENDING_STATUSES)
-                build.newly_queued = False  # type: ignore[attr-defined]
-            builds.append(build)
+            builds.append(_queued_or_pending(image_type=image_type, engine=engine, requested_by=requested_by))
+        new_ids = [b.pk for b in builds if b.newly_queued]  # type: ignore[attr-defined]
         if new_ids and enqueue:
             transaction.on_commit(lambda: _enqueue(new_ids))
     return builds
+
+
+def _queued_or_pending(*, image_type: str, engine: str, requested_by: Any) -> IndexBuild:
+    """A new queued build, or the one already pending (one per type: a database constraint).
+
+    The pending build can finish between our refused insert and the read that looks for it; the
+    slot is then free again, so try again rather than fail."""
+    for _ in range(REQUEST_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                build = IndexBuild.objects.create(
+                    image_type=image_type,
+                    engine=engine,
+                    model_name=settings.SIMSEARCH_MODEL,
+                    pretrained=settings.SIMSEARCH_PRETRAINED,
+                    requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+                )
+            build.newly_queued = True  # type: ignore[attr-defined]
+            return build
+        except IntegrityError:
+            pending = IndexBuild.objects.filter(
+                image_type=image_type, engine=engine, status__in=PENDING_STATUSES
+            ).first()
+            if pending is not None:
+                pending.newly_queued = False  # type: ignore[attr-defined]
+                return pending
+    raise Conflict(
+        f"The {image_type} index build slot kept changing hands; request the rebuild again.", code="rebuild_busy"
+    )
 
 
 def _enqueue(build_ids: list[int]) -> None:
@@ -138,9 +155,20 @@ def _v2_sources(image_type: str) -> list[GallerySource]:
             sha256=row.sha256,
             read=lambda name=row.file_name: read_object(name),
             record=row.record(),
+            storage_name=row.file_name,
         )
         for row in gallery_rows(image_type=image_type)
     ]
+
+
+def _drop_missing_objects(sources: list[GallerySource]) -> list[GallerySource]:
+    """The sources whose object is still in storage. A cached embedding outlives its file: without
+    this check a deleted file would stay in the index and searches would link to nothing."""
+    names = [s.storage_name for s in sources if s.storage_name is not None]
+    if not names:
+        return sources
+    present = existing_names(names)
+    return [s for s in sources if s.storage_name is None or s.storage_name in present]
 
 
 def _v1_sources(image_type: str) -> tuple[list[GallerySource], list[tuple[str, str]]]:
@@ -212,9 +240,7 @@ def _embed_missing(
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ServiceError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
+    return safe_reason(exc)
 
 
 def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | None = None) -> IndexBuild:
@@ -264,6 +290,12 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
     timings["gallery_s"] = round(time.perf_counter() - step, 3)
     if not sources:
         raise ServiceError(f"There are no {build.image_type} images to index; add some to the catalog first.")
+    gallery_count = len(sources)
+    step = time.perf_counter()
+    sources = _drop_missing_objects(sources)
+    timings["exists_check_s"] = round(time.perf_counter() - step, 3)
+    if not sources:
+        raise ServiceError(f"None of the {gallery_count} {build.image_type} images is in storage any more.")
 
     progress = _Progress(build, total=len(sources), listener=on_progress)
     step = time.perf_counter()
@@ -281,7 +313,7 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
     vectors_by_hash = {**reused, **embedded}
     missing_hashes = {s.sha256 for s in first_of_hash.values() if s.image_id in missing_ids}
     kept = [s for s in sources if s.sha256 in vectors_by_hash and s.sha256 not in missing_hashes]
-    missing_count = len(sources) - len(kept)
+    missing_count = gallery_count - len(kept)
     if not kept:
         raise ServiceError(f"None of the {len(sources)} {build.image_type} images could be read from storage.")
 
@@ -322,14 +354,17 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
     progress(len(sources), force=True)
 
     with transaction.atomic():
-        IndexBuild.objects.filter(pk=build.pk).update(
+        # Only a build still running becomes ready: one the stale sweep has failed meanwhile (no
+        # heartbeat for too long) stays failed, and its files go (see index_build_run).
+        if not IndexBuild.objects.filter(pk=build.pk, status=BuildStatus.RUNNING).update(
             status=BuildStatus.READY,
             finished_at=timezone.now(),
             manifest_sha256=sha256_hex(files[MANIFEST_FILE]),
             timings=timings,
             error="",
             **counts,
-        )
+        ):
+            raise ServiceError(f"Build {build.pk} was marked failed while it was writing its files.")
         index_build_activate(build=IndexBuild.objects.get(pk=build.pk))
     logger.info(
         "Index build %s ready: %s vectors (%s embedded, %s reused, %s missing) in %.1f s",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -8,8 +9,8 @@ from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import generics, permissions, serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework import generics, serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -28,7 +29,9 @@ from indexing.services import builds_fail_stale, index_build_activate, index_bui
 from search_api.index_cache import index_cache
 from search_api.search import SearchQuery, similarity_search
 from search_api.serializers import (
+    IndexBuildPublicSerializer,
     IndexBuildSerializer,
+    IndexStatusResponseSerializer,
     RebuildRequestSerializer,
     RebuildResponseSerializer,
     SimilaritySearchRequestSerializer,
@@ -36,7 +39,15 @@ from search_api.serializers import (
     WorkerImageRegisterResponseSerializer,
     WorkerImageRegisterSerializer,
 )
+from simsearch_project.drf_defaults import BoundedJSONParser
 from simsearch_project.errors import NotFound
+from simsearch_project.permissions import (
+    VIEW_INDEX_BUILD,
+    CanActivateIndexBuild,
+    CanRebuildIndex,
+    CanRegisterQueryImage,
+    CanViewIndexBuilds,
+)
 
 UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
 
@@ -81,7 +92,7 @@ def _index_info(loaded: LoadedIndex) -> dict[str, Any]:
 class SimilaritySearchApi(APIView):
     """Find the catalog images most similar to a photo (or a text), from the active index."""
 
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "search"
 
@@ -192,23 +203,21 @@ class SimilaritySearchApi(APIView):
         }
 
 
-class IsStaff(permissions.BasePermission):
-    def has_permission(self, request: Request, view: object) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
-
-
 class IndexRebuildApi(APIView):
     """Queue index rebuilds (`index_type` = defect, normal or all, in the body or query string)."""
 
-    permission_classes = [IsStaff]
+    permission_classes = [CanRebuildIndex]
 
     @extend_schema(
         request=RebuildRequestSerializer,
         responses={202: RebuildResponseSerializer, 200: RebuildResponseSerializer},
     )
     def post(self, request: Request) -> Response:
-        raw = request.data.get("index_type") if hasattr(request.data, "get") else None
-        params = RebuildRequestSerializer(data={"index_type": raw or request.query_params.get("index_type", "all")})
+        if not isinstance(request.data, Mapping):
+            raise _bad_request("index_type", "Send a JSON object or form fields, e.g. {\"index_type\": \"all\"}.")
+        raw = request.data.get("index_type") or request.query_params.get("index_type")
+        # No default: an empty or mistyped body must not rebuild everything.
+        params = RebuildRequestSerializer(data={} if raw in (None, "") else {"index_type": raw})
         params.is_valid(raise_exception=True)
         builds = index_build_request(
             index_type=params.validated_data["index_type"],
@@ -229,7 +238,7 @@ class IndexRebuildApi(APIView):
 
 
 class IndexBuildListApi(generics.ListAPIView):
-    permission_classes = [IsStaff]
+    permission_classes = [CanViewIndexBuilds]
     serializer_class = IndexBuildSerializer
     filterset_fields = ["status", "image_type", "engine", "is_active"]
     ordering_fields = ["created_at", "id"]
@@ -241,7 +250,7 @@ class IndexBuildListApi(generics.ListAPIView):
 
 
 class IndexBuildDetailApi(generics.RetrieveAPIView):
-    permission_classes = [IsStaff]
+    permission_classes = [CanViewIndexBuilds]
     serializer_class = IndexBuildSerializer
     queryset = build_list()
 
@@ -249,7 +258,7 @@ class IndexBuildDetailApi(generics.RetrieveAPIView):
 class IndexBuildActivateApi(APIView):
     """Promote or roll back to a ready build; every serving process switches within seconds."""
 
-    permission_classes = [IsStaff]
+    permission_classes = [CanActivateIndexBuild]
 
     @extend_schema(request=None, responses={200: IndexBuildSerializer})
     def post(self, request: Request, pk: int) -> Response:
@@ -260,15 +269,17 @@ class IndexBuildActivateApi(APIView):
 
 
 class IndexStatusApi(APIView):
-    """Which build answers each image type, in the database and in this process."""
+    """Which build answers each image type, in the database and in this process. Users with
+    indexing.view_indexbuild see every field of the active builds; others a public summary."""
 
-    @extend_schema(responses={200: OpenApiResponse(description="Active builds and the engine in use")})
+    @extend_schema(responses={200: IndexStatusResponseSerializer})
     def get(self, request: Request) -> Response:
         state = index_cache.state()
         engine = serving_engine(settings.USE_INDEX_V2)
-        active = {}
-        for build in IndexBuild.objects.filter(is_active=True):
-            active.setdefault(build.engine, {})[build.image_type] = IndexBuildSerializer(build).data
+        serializer = IndexBuildSerializer if request.user.has_perm(VIEW_INDEX_BUILD) else IndexBuildPublicSerializer
+        active: dict[str, dict[str, Any]] = {}
+        for build in build_list().filter(is_active=True):
+            active.setdefault(build.engine, {})[build.image_type] = serializer(build).data
         return Response(
             {
                 "engine": engine,
@@ -282,7 +293,8 @@ class IndexStatusApi(APIView):
 class WorkerImageRegisterApi(APIView):
     """Register an object a line worker uploaded to storage as a temporary query image."""
 
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    permission_classes = [CanRegisterQueryImage]
+    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
 
     @extend_schema(request=WorkerImageRegisterSerializer, responses={201: WorkerImageRegisterResponseSerializer})
     def post(self, request: Request) -> Response:
@@ -303,6 +315,7 @@ class WorkerImageRegisterApi(APIView):
                 product=product,
                 defect_type=defect_type,
                 ttl_seconds=settings.SIMSEARCH_TEMP_IMAGE_TTL_SECONDS,
+                registered_by=request.user,
             )
         except ValidationError as exc:
             messages = exc.message_dict.get("file") or exc.messages

@@ -16,6 +16,7 @@ from indexing import artifact_store
 from indexing.artifacts import ArtifactError, LoadedIndex, unpack_artifacts
 from indexing.models import GalleryType, IndexEngine
 from indexing.selectors import ActiveBuild, active_builds, builds_existing
+from simsearch_project.errors import safe_reason
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class IndexCache:
                 logger.info("Serving %s %s index from build %s", *key, build.build_id)
             except Exception as exc:  # keep serving the previous build
                 logger.exception("Could not load build %s for %s %s", build.build_id, *key)
-                state.load_errors[key] = f"build {build.build_id}: {exc}"
+                state.load_errors[key] = f"build {build.build_id}: {safe_reason(exc)}"
         self._state = state
         if swapped:
             self._forget_pruned_builds()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,9 @@ from indexing.embedder import WeightsUnavailable
 from indexing.runtime import current_embedder
 from indexing.vector_index import search
 from search_api.index_cache import index_cache
-from simsearch_project.errors import Conflict, ServiceError, ServiceUnavailable
+from simsearch_project.errors import Conflict, ServiceError, ServiceUnavailable, safe_reason
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,12 @@ def similarity_search(query: SearchQuery) -> SearchOutcome:
     try:
         embedder = current_embedder()
     except WeightsUnavailable as exc:
-        raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
+        logger.error("The search model could not be loaded: %s", exc)
+        raise ServiceUnavailable(
+            "The search model could not be loaded; check SIMSEARCH_MODEL and SIMSEARCH_PRETRAINED "
+            "(the server log says why).",
+            code="model_unavailable",
+        ) from exc
     if embedder.fingerprint != loaded.fingerprint:
         raise Conflict(
             f"The active {query.image_type} index (build {loaded.build_id}) was made with model "
@@ -60,11 +68,29 @@ def similarity_search(query: SearchQuery) -> SearchOutcome:
         try:
             vector = embedder.encode_image_bytes(query.image)
         except Exception as exc:  # validated upstream; a decoder can still refuse odd files
-            raise ServiceError(f"The query image could not be decoded: {exc}", code="bad_image") from exc
+            raise ServiceError(f"The query image could not be decoded ({safe_reason(exc)}).", code="bad_image") from exc
     else:
         vector = embedder.encode_texts([query.text or ""])
     allowed = loaded.ids_matching(product_code=query.product_code, defect_code=query.defect_code)
     if query.exclude_image_id is not None:
         base = allowed if allowed is not None else np.fromiter(loaded.records, dtype=np.int64)
         allowed = base[base != query.exclude_image_id]
-    return SearchOutcome(index=loaded, hits=search(loaded.index, vector[0], query.top_k, allowed_ids=allowed))
+    hits = search(loaded.index, vector[0], query.top_k + loaded.duplicate_vectors, allowed_ids=allowed)
+    return SearchOutcome(index=loaded, hits=distinct_pictures(loaded, hits, query.top_k))
+
+
+def distinct_pictures(loaded: LoadedIndex, hits: list[tuple[int, float]], top_k: int) -> list[tuple[int, float]]:
+    """The best hit of each picture (content hash), up to top_k: identical bytes catalogued for
+    two products are one picture and take one place. Hits without a hash (V1) are all kept."""
+    seen: set[str] = set()
+    kept: list[tuple[int, float]] = []
+    for image_id, score in hits:
+        sha256 = loaded.records[image_id].get("sha256")
+        if sha256:
+            if sha256 in seen:
+                continue
+            seen.add(sha256)
+        kept.append((image_id, score))
+        if len(kept) == top_k:
+            break
+    return kept

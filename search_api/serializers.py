@@ -35,6 +35,10 @@ class SimilaritySearchRequestSerializer(serializers.Serializer):
             )
         if "text" in given and not attrs["text"].strip():
             raise serializers.ValidationError({"text": "The text query is empty."})
+        if attrs.get("defect_code") and attrs.get("image_type") == GalleryType.NORMAL:
+            raise serializers.ValidationError(
+                {"defect_code": "Normal images have no defect type: drop defect_code or search image_type=defect."}
+            )
         return attrs
 
 
@@ -106,8 +110,44 @@ class IndexBuildSerializer(serializers.ModelSerializer):
         ]
 
 
+class IndexBuildPublicSerializer(serializers.ModelSerializer):
+    """What any signed-in client may know about an active build: no requester, storage prefix,
+    task id, model fingerprint, error or worker."""
+
+    class Meta:
+        model = IndexBuild
+        fields = [
+            "id",
+            "image_type",
+            "engine",
+            "model_name",
+            "pretrained",
+            "is_untrained",
+            "vector_count",
+            "finished_at",
+            "activated_at",
+        ]
+
+
+class IndexStatusResponseSerializer(serializers.Serializer):
+    engine = serializers.CharField(help_text="The engine that answers searches (v2 or v1).")
+    active = serializers.DictField(
+        child=serializers.DictField(child=IndexBuildPublicSerializer()),
+        help_text="engine -> image type -> active build. Users with indexing.view_indexbuild get every "
+        "field of an index build (as /api/index/builds/<id>/); others get this summary.",
+    )
+    loaded = serializers.DictField(
+        child=serializers.IntegerField(), help_text='"<engine>/<image type>" -> build id this process serves.'
+    )
+    degraded = serializers.CharField(
+        allow_null=True, help_text="Why this process serves from its local cache only, if it does."
+    )
+
+
 class RebuildRequestSerializer(serializers.Serializer):
-    index_type = serializers.ChoiceField(choices=["defect", "normal", "all"], required=False, default="all")
+    index_type = serializers.ChoiceField(
+        choices=["defect", "normal", "all"], help_text="Which index to rebuild; in the body or the query string."
+    )
 
 
 class RebuildResponseSerializer(serializers.Serializer):

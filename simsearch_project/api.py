@@ -33,7 +33,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, DjangoValidationError):
         return Response(_django_validation_payload(exc), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ServiceError):
-        return Response({"detail": exc.message, "code": exc.code}, status=exc.status_code)
+        return Response({"detail": exc.message, "code": exc.code, **exc.details}, status=exc.status_code)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # A dropped connection must not stay broken for the next request of this worker.
         connection.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -67,6 +69,9 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "csp",
+    "axes",
     "django_q",
     "catalog",
     "indexing",
@@ -76,13 +81,19 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "simsearch_project.middleware.api_body_size_limit",
+    # Outside WhiteNoise (static files need no policy), around everything else, 413s included.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication (the cap depends on who is signed in) and still before anything reads
+    # the body: CSRF reads POST in process_view, which runs after every middleware's __call__.
+    "simsearch_project.middleware.request_body_size_limit",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "simsearch_project.urls"
@@ -179,6 +190,9 @@ WHITENOISE_USE_FINDERS = True
 # --- Uploads ------------------------------------------------------------------------------
 SIMSEARCH_MAX_UPLOAD_BYTES = env_int("SIMSEARCH_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
 SIMSEARCH_MAX_IMAGE_PIXELS = env_int("SIMSEARCH_MAX_IMAGE_PIXELS", 60_000_000)
+# Longest side / shortest side. Strips beyond it are refused: no camera photo of a part looks like
+# that, and stretching one to the model's input is where the memory would go.
+SIMSEARCH_MAX_ASPECT_RATIO = float(env_str("SIMSEARCH_MAX_ASPECT_RATIO", "400"))
 SIMSEARCH_BULK_UPLOAD_MAX_FILES = env_int("SIMSEARCH_BULK_UPLOAD_MAX_FILES", 500)
 DATA_UPLOAD_MAX_NUMBER_FILES = SIMSEARCH_BULK_UPLOAD_MAX_FILES
 # Uploads above this size spool to a temporary file instead of memory.
@@ -209,6 +223,11 @@ SIMSEARCH_SEARCH_THROTTLE = env_str("SIMSEARCH_SEARCH_THROTTLE", "600/minute")
 SIMSEARCH_TEMP_IMAGE_TTL_SECONDS = env_int("SIMSEARCH_TEMP_IMAGE_TTL_SECONDS", 24 * 3600)
 # Largest request body /api/ accepts (an upload plus its form fields).
 SIMSEARCH_MAX_REQUEST_BYTES = env_int("SIMSEARCH_MAX_REQUEST_BYTES", SIMSEARCH_MAX_UPLOAD_BYTES + 1024 * 1024)
+# Largest body any other page accepts from anyone but signed-in staff (a login form is a few hundred
+# bytes); refused before it is read, so an anonymous client cannot make the server spool gigabytes.
+SIMSEARCH_MAX_FORM_REQUEST_BYTES = env_int("SIMSEARCH_MAX_FORM_REQUEST_BYTES", 1024 * 1024)
+# Largest admin body from signed-in staff: one bulk upload of many photos.
+SIMSEARCH_MAX_ADMIN_REQUEST_BYTES = env_int("SIMSEARCH_MAX_ADMIN_REQUEST_BYTES", 1024 * 1024 * 1024)
 
 # --- Cache, queue -------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
@@ -222,6 +241,19 @@ if REDIS_URL:
 else:
     # Per-process only: set REDIS_URL in production so throttling is shared by all workers.
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Tokens the database confirmed, for answering searches while it is unreachable
+# (simsearch_project.credential_cache). Shared by every process, so that revoking a credential in
+# one process removes it for all: Redis when configured, otherwise files in the data dir (one host).
+if REDIS_URL:
+    CACHES["credentials"] = {**CACHES["default"], "KEY_PREFIX": "credentials"}
+else:
+    CACHES["credentials"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "credential_cache"),
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
+# How long a confirmed token is honoured during a database outage; 0 turns the fallback off.
+SIMSEARCH_AUTH_OUTAGE_CACHE_SECONDS = env_int("SIMSEARCH_AUTH_OUTAGE_CACHE_SECONDS", 600)
 
 Q_CLUSTER: dict = {
     "name": env_str("SIMSEARCH_QUEUE_NAME", "simsearch"),
@@ -249,6 +281,19 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# Password sign-ins (the admin login) go through django-axes first, which refuses a locked-out
+# username + address before the password is even checked. API tokens never reach a backend.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("SIMSEARCH_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("SIMSEARCH_LOGIN_COOLOFF_MINUTES", 15))
+# Username and address together: a guesser at one desk cannot lock a colleague out from another.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "simsearch_project.login_lockout.lockout_response"
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "simsearch_project.authentication.CachedTokenAuthentication",
@@ -256,6 +301,11 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "simsearch_project.drf_defaults.PageNumberPagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "simsearch_project.drf_defaults.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
@@ -282,6 +332,40 @@ SPECTACULAR_SETTINGS = {
         "GalleryTypeEnum": "indexing.models.GalleryType",
         "QueryTempTypeEnum": ["query_temp"],
         "UploadImageTypeEnum": "catalog.serializers.UPLOAD_IMAGE_TYPES",
+    },
+    # Swagger UI and ReDoc come from the installed sidecar package, never a CDN: the docs work on a
+    # plant network without internet and fit the same-origin Content-Security-Policy below.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Content-Security-Policy (django-csp) -------------------------------------------------
+# Everything from this origin, no inline or eval'd scripts (templates load their JS from static
+# files). Images may also be data: URIs (admin and Swagger UI icons) and, with S3 storage,
+# presigned links to the object store (admin thumbnails, search results).
+_csp_image_sources = ["'self'", "data:"]
+if SIMSEARCH_STORAGE == "s3":
+    _s3_endpoint = urlsplit(env_str("AWS_S3_ENDPOINT_URL"))
+    if _s3_endpoint.scheme and _s3_endpoint.netloc:
+        _csp_image_sources.append(f"{_s3_endpoint.scheme}://{_s3_endpoint.netloc}")
+    else:  # AWS itself, path-style addressing (see the storage OPTIONS above)
+        _csp_image_sources += [
+            "https://s3.amazonaws.com",
+            f"https://s3.{env_str('AWS_S3_REGION_NAME', 'us-east-1')}.amazonaws.com",
+        ]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        # 'unsafe-inline' for styles only: Django admin templates and the admin's HTML helpers use
+        # style attributes, and Swagger UI / ReDoc inject <style> elements. Styles run no script.
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": _csp_image_sources,
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
     },
 }
 

@@ -382,3 +382,38 @@ def plain_api(plain_user) -> APIClient:  # type: ignore[no-untyped-def]
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=plain_user).key}")
     return client
+
+
+def token_client(user) -> APIClient:  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def role_user(django_user_model):  # type: ignore[no-untyped-def]
+    """Make a user holding exactly one of the plant's roles (catalog.roles), or none; staff or not."""
+    from django.contrib.auth.models import Group
+
+    from catalog.roles import roles_ensure
+
+    roles_ensure()
+    made = 0
+
+    def make(role: str | None, *, is_staff: bool = False):  # type: ignore[no-untyped-def]
+        nonlocal made
+        made += 1
+        user = django_user_model.objects.create_user(f"role-user-{made}", password="pw-role-123", is_staff=is_staff)
+        if role:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def line_pc_api(role_user) -> APIClient:  # type: ignore[no-untyped-def]
+    """A line PC: signed in, in the "Line PC" group (may register query images)."""
+    from catalog.roles import LINE_PC
+
+    return token_client(role_user(LINE_PC))

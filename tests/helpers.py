@@ -45,3 +45,39 @@ def wait_until(predicate: Callable[[], T], timeout: float = 120, interval: float
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def build_folders(image_type: str = "defect", engine: str = "v2") -> set[str]:
+    """The build folders holding files in the configured storage for one index (the last part of
+    each build's artifact_prefix): what builds have left there."""
+    from django.conf import settings
+    from django.core.files.storage import default_storage
+
+    root = f"{settings.SIMSEARCH_INDEX_PREFIX}/{engine}/{image_type}"
+    try:
+        folders, _ = default_storage.listdir(root)
+    except FileNotFoundError:
+        return set()
+    # A local folder can stay behind empty; S3 has no folders without objects.
+    return {folder for folder in folders if default_storage.listdir(f"{root}/{folder}")[1]}
+
+
+def stored_names() -> list[str]:
+    from django.core.files.storage import default_storage
+
+    """Every object the catalog wrote to the default storage: images/ and thumbnails/ (walks
+    folders / prefixes)."""
+    found: list[str] = []
+
+    def walk(prefix: str) -> None:
+        try:
+            dirs, files = default_storage.listdir(prefix)
+        except FileNotFoundError:
+            return
+        found.extend(f"{prefix}/{name}" for name in files)
+        for directory in dirs:
+            walk(f"{prefix}/{directory}")
+
+    walk("images")
+    walk("thumbnails")
+    return sorted(found)

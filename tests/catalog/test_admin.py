@@ -10,8 +10,7 @@ from django.urls import reverse
 
 from catalog.models import Image, ImageType
 from catalog.services import image_create
-from tests.catalog.test_services import stored_names
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, stored_names
 
 pytestmark = pytest.mark.django_db
 

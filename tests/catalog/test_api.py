@@ -10,8 +10,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from catalog.models import Image
-from tests.catalog.test_services import stored_names
-from tests.helpers import image_bytes, png_header_bomb
+from tests.helpers import image_bytes, png_header_bomb, stored_names
 
 pytestmark = pytest.mark.django_db
 

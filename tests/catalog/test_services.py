@@ -14,26 +14,7 @@ from catalog.models import Image, ImageType
 from catalog.services import UploadedImage, image_create, image_delete, images_create
 from simsearch_project.errors import StorageUnavailable
 from tests.conftest import free_ports
-from tests.helpers import image_bytes
-
-
-def stored_names() -> list[str]:
-    """Every object the catalog wrote to the default storage: images/ and thumbnails/ (walks
-    folders / prefixes)."""
-    found: list[str] = []
-
-    def walk(prefix: str) -> None:
-        try:
-            dirs, files = default_storage.listdir(prefix)
-        except FileNotFoundError:
-            return
-        found.extend(f"{prefix}/{name}" for name in files)
-        for directory in dirs:
-            walk(f"{prefix}/{directory}")
-
-    walk("images")
-    walk("thumbnails")
-    return sorted(found)
+from tests.helpers import image_bytes, stored_names
 
 
 @pytest.mark.django_db

@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 import requests
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from indexing.models import BuildStatus, IndexBuild
 from indexing.services import index_build_request
 from search_api.index_cache import index_cache
-from tests.conftest import running_gunicorn, running_qcluster, start_seaweedfs, stop_process
+from tests.conftest import S3Server, running_gunicorn, running_qcluster, start_seaweedfs, stop_process
 from tests.faults.tcp_proxy import TcpProxy
-from tests.helpers import image_bytes, wait_until
+from tests.helpers import build_folders, image_bytes, wait_until
 from tests.indexing.conftest import add_images, build_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,7 +49,12 @@ def test_storage_stops_mid_build(settings, tmp_path: Path, token, product, scrat
     settings.SIMSEARCH_STORAGE = "s3"
     # A real-size model everywhere (this process, the web server, the worker), with one image
     # per batch on one thread, so the build is slow enough to pull the plug on it part-way.
-    slow_env = {"SIMSEARCH_MODEL": "ViT-B-32", "SIMSEARCH_EMBED_BATCH_SIZE": "1", "SIMSEARCH_TORCH_THREADS": "1"}
+    slow_env = {
+        "SIMSEARCH_MODEL": "ViT-B-32",
+        "SIMSEARCH_EMBED_BATCH_SIZE": "1",
+        "SIMSEARCH_TORCH_THREADS": "1",
+        "SIMSEARCH_DEVICE": "cpu",
+    }
     settings.SIMSEARCH_MODEL = "ViT-B-32"
     try:
         images = add_images(product, scratch, 30)
@@ -77,15 +84,26 @@ def test_storage_stops_mid_build(settings, tmp_path: Path, token, product, scrat
             assert answered.status_code == 200 and answered.json()["index"]["build_id"] == good.pk
 
             weed = start_seaweedfs(tmp_path / "weed", bucket="fault-bucket", ports=list(weed.ports))
+            # The bucket answers before the volume server does: wait until objects read again.
+            wait_until(lambda: all(readable(weed, image.file.name) for image in (images[0], images[-1])), timeout=60)
             (retry,) = index_build_request(index_type="defect")
             done = wait_until(
                 lambda: (b := IndexBuild.objects.get(pk=retry.pk)).status in ("ready", "failed") and b, timeout=300
             )
             assert done.status == BuildStatus.READY and done.vector_count == 60, done.error
             wait_until(lambda: search(base, token, query).json()["index"]["build_id"] == retry.pk, timeout=30)
-        assert len(images) == 30
+        # The build that lost its storage left no files behind; the retry's and the first one's stay.
+        assert build_folders() == {b.artifact_prefix.rsplit("/", 1)[1] for b in (good, done)}
     finally:
         stop_process(weed.process)
+
+
+def readable(server: S3Server, key: str) -> bool:
+    try:
+        server.client().get_object(Bucket=server.bucket, Key=key)["Body"].read()
+    except Exception:
+        return False
+    return True
 
 
 class DatabaseSwitch:
@@ -122,7 +140,7 @@ class DatabaseSwitch:
 
 
 def test_database_unreachable_at_start_serves_the_cached_index(tmp_path: Path, token, product, scratch):
-    images = add_images(product, scratch, 8)
+    add_images(product, scratch, 8)
     build = build_now()
     assert index_cache.get(engine="v2", image_type="defect").build_id == build.pk  # cached locally
     switch = DatabaseSwitch(tmp_path)  # starts down
@@ -137,7 +155,6 @@ def test_database_unreachable_at_start_serves_the_cached_index(tmp_path: Path, t
         wait_until(lambda: requests.get(f"{base}/readyz", timeout=30).json()["status"] == "ready", timeout=30)
         answered = search(base, token, image_bytes(seed=1))
         assert answered.status_code == 200 and answered.json()["index"]["build_id"] == build.pk
-        assert len(images) == 8
 
 
 def test_postgres_connection_drop_during_searches(tmp_path: Path, token, product, scratch):
@@ -193,3 +210,45 @@ def test_two_rebuild_clicks_at_once_start_one_build(tmp_path: Path, token, produ
     assert sorted(r.status_code for r in responses) == [200, 200, 200, 202], [r.text for r in responses]
     assert {r.json()["builds"][0]["id"] for r in responses} == {IndexBuild.objects.get().pk}
     assert settings.Q_CLUSTER["max_attempts"] == 1
+
+
+def test_revoked_credentials_stay_refused_during_a_database_outage(settings, tmp_path: Path, product, scratch):
+    """A token deleted, a user deactivated or a user taken out of a group while the database is up
+    is refused when it goes down, though each was remembered for the outage; untouched tokens keep
+    working from that memory, unless SIMSEARCH_AUTH_OUTAGE_CACHE_SECONDS=0 turns it off."""
+    credentials = settings.CACHES["credentials"]
+    if credentials["BACKEND"].endswith("FileBasedCache"):
+        # Revocations here must reach the servers' cache: the one every process in their data dir shares.
+        shared = {**credentials, "LOCATION": str(tmp_path / "credential_cache")}
+        settings.CACHES = {**settings.CACHES, "credentials": shared}
+    add_images(product, scratch, 4)
+    build_now()
+    group = Group.objects.create(name="Line PC (outage test)")
+    users, tokens = {}, {}
+    for name in ("untouched", "token deleted", "deactivated", "left group"):
+        users[name] = get_user_model().objects.create_user(name.replace(" ", "-"), password="pw-line-123")
+        users[name].groups.add(group)
+        tokens[name] = Token.objects.create(user=users[name]).key
+    query = image_bytes(seed=4)
+    switch = DatabaseSwitch(tmp_path)
+    switch.up()
+    with running_gunicorn(tmp_path / "up.log", workers=1, DATABASE_URL=switch.url) as base:
+        checked = {name: search(base, key, query).status_code for name, key in tokens.items()}
+        assert checked == dict.fromkeys(tokens, 200)  # each token confirmed by the database, and remembered
+
+    Token.objects.filter(key=tokens["token deleted"]).delete()
+    users["deactivated"].is_active = False
+    users["deactivated"].save()
+    group.user_set.remove(users["left group"])
+    switch.down()
+    with running_gunicorn(tmp_path / "down.log", workers=1, DATABASE_URL=switch.url) as base:
+        assert requests.get(f"{base}/readyz", timeout=30).json()["status"] == "degraded"
+        answers = {name: search(base, key, query) for name, key in tokens.items()}
+        assert answers["untouched"].status_code == 200, answers["untouched"].text
+        for name in ("token deleted", "deactivated", "left group"):
+            assert answers[name].status_code == 503, (name, answers[name].text)
+            assert "database" in answers[name].json()["detail"].lower()
+    with running_gunicorn(
+        tmp_path / "off.log", workers=1, DATABASE_URL=switch.url, SIMSEARCH_AUTH_OUTAGE_CACHE_SECONDS="0"
+    ) as base:
+        assert search(base, tokens["untouched"], query).status_code == 503

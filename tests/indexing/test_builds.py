@@ -6,10 +6,12 @@ import json
 import os
 import socket
 import subprocess
+from datetime import timedelta
 
 import pytest
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from catalog.models import DefectType
 from catalog.services import image_delete
@@ -21,6 +23,7 @@ from indexing.services import builds_fail_stale, index_build_activate, index_bui
 from search_api.index_cache import index_cache
 from simsearch_project.errors import Conflict
 from tests.conftest import free_ports
+from tests.helpers import build_folders
 from tests.indexing.conftest import add_images, build_now
 
 pytestmark = pytest.mark.django_db
@@ -103,8 +106,38 @@ def test_a_bad_image_in_the_gallery_fails_the_build_and_keeps_the_active_one(any
     assert failed.status == BuildStatus.FAILED and "decoded" in failed.error and not failed.is_active
     good.refresh_from_db()
     assert good.is_active and served().build_id == good.pk
-    # The failed build left nothing behind.
-    assert not failed.artifact_prefix or not default_storage.exists(f"{failed.artifact_prefix}/{MANIFEST_FILE}")
+    assert build_folders() == {folder_of(good)}
+
+
+def folder_of(build: IndexBuild) -> str:
+    return build.artifact_prefix.rsplit("/", 1)[1]
+
+
+def test_a_build_failed_by_the_stale_sweep_after_writing_removes_its_files(any_storage, gallery):
+    """The sweep decides a build is dead (no heartbeat) just after it wrote its files: the build
+    must stay failed, never become active, and its files must go."""
+    good = build_now()
+    (build,) = index_build_request(index_type="defect", enqueue=False)
+    swept: list[str] = []
+
+    def sweep_once_written(done: int, total: int) -> None:
+        current = IndexBuild.objects.get(pk=build.pk)
+        if (
+            not swept
+            and current.artifact_prefix
+            and default_storage.exists(f"{current.artifact_prefix}/{MANIFEST_FILE}")
+        ):
+            long_ago = timezone.now() - timedelta(hours=1)
+            IndexBuild.objects.filter(pk=build.pk).update(heartbeat_at=long_ago, worker="another-host:1")
+            assert builds_fail_stale() == 1
+            swept.append(current.artifact_prefix)
+
+    failed = index_build_run(build_id=build.pk, on_progress=sweep_once_written)
+    assert swept, "the build never wrote its files"
+    assert failed.status == BuildStatus.FAILED and not failed.is_active and "stopped reporting" in failed.error
+    good.refresh_from_db()
+    assert good.is_active and served().build_id == good.pk
+    assert build_folders() == {folder_of(good)}
 
 
 def test_storage_outage_mid_rebuild_keeps_the_loaded_build_serving(settings, s3_storage, gallery):

@@ -9,6 +9,7 @@ import pytest
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.core.management import CommandError, call_command
 
+from catalog.models import Image
 from indexing import artifact_store
 from indexing.artifacts import MANIFEST_FILE
 from indexing.models import BuildStatus, IndexBuild
@@ -22,8 +23,9 @@ pytestmark = pytest.mark.django_db
 
 def builds_in_a_row(count: int, product, scratch) -> list[IndexBuild]:  # type: ignore[no-untyped-def]
     builds = []
-    for n in range(count):
-        add_images(product, scratch, 1, start=100 + n)
+    for _ in range(count):
+        # A picture the catalog does not have yet: the same bytes again would be a duplicate upload.
+        add_images(product, scratch, 1, start=100 + Image.objects.count())
         builds.append(build_now())
     return builds
 

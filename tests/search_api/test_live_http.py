@@ -8,6 +8,9 @@ from datetime import timedelta
 
 import pytest
 import requests
+from django.contrib.auth.models import Permission
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -38,6 +41,7 @@ class Api:
 def tokens(django_user_model) -> dict[str, str]:  # type: ignore[no-untyped-def]
     staff = django_user_model.objects.create_user("lead", password="pw-lead-123", is_staff=True, is_superuser=True)
     line = django_user_model.objects.create_user("line-pc", password="pw-line-123")
+    line.user_permissions.add(Permission.objects.get(codename="register_query_image"))
     return {"staff": Token.objects.create(user=staff).key, "line": Token.objects.create(user=line).key}
 
 
@@ -97,15 +101,13 @@ def test_upload_rebuild_search_register_over_http(tmp_path, tokens):
         text = line.post("/api/search/similarity/", json={"text": "a dent in a bracket", "top_k": 4})
         assert text.status_code == 200 and len(text.json()["results"]) == 4
 
-        registered = line.post(
-            "/api/worker/image/register/",
-            json={
-                "storage_url": first["storage_url"],
-                "image_type": "query_temp",
-                "product_code": "bracket-a",
-                "defect_code": "scratch",
-            },
-        )
+        # A catalog image's link is refused (the query image's object is deleted when it expires);
+        # the line's own upload of the photo is registered.
+        fields = {"image_type": "query_temp", "product_code": "bracket-a", "defect_code": "scratch"}
+        refused = line.post("/api/worker/image/register/", json={"storage_url": first["storage_url"], **fields})
+        assert refused.status_code == 400 and "storage_url" in refused.json()["errors"], refused.text
+        own_key = default_storage.save("line-uploads/cam1/query.jpg", ContentFile(data))
+        registered = line.post("/api/worker/image/register/", json={"storage_url": own_key, **fields})
         assert registered.status_code == 201, registered.text
         Image.objects.filter(pk=registered.json()["image_id"]).update(expires_at=timezone.now() - timedelta(1))
 

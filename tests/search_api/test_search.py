@@ -186,9 +186,9 @@ def test_builds_list_detail_activate_and_status(plain_api, staff_api, indexed_ga
     assert plain_api.post(f"/api/index/builds/{old.pk}/activate/").status_code == 403
 
 
-def test_worker_registration_and_expiry(plain_api, product, scratch, django_capture_on_commit_callbacks):
+def test_worker_registration_and_expiry(line_pc_api, product, scratch, django_capture_on_commit_callbacks):
     key = default_storage.save("line-uploads/cam1/frame-001.jpg", SimpleUploadedFile("x.jpg", image_bytes(seed=4)))
-    response = plain_api.post(
+    response = line_pc_api.post(
         "/api/worker/image/register/",
         {"storage_url": key, "image_type": "query_temp", "product_code": "bracket-a", "defect_code": "scratch"},
         format="json",
@@ -202,7 +202,7 @@ def test_worker_registration_and_expiry(plain_api, product, scratch, django_capt
     assert body["expires_at"]
     assert all(row.image_type != "query_temp" for row in gallery_rows(image_type="defect"))
     keep_key = default_storage.save("line-uploads/cam1/frame-002.jpg", SimpleUploadedFile("y.jpg", image_bytes()))
-    keep = plain_api.post(
+    keep = line_pc_api.post(
         "/api/worker/image/register/",
         {"storage_url": keep_key, "image_type": "query_temp", "product_code": "bracket-a"},
         format="json",
@@ -224,8 +224,8 @@ def test_worker_registration_and_expiry(plain_api, product, scratch, django_capt
         ({"storage_url": "images/x.jpg", "product_code": "bracket-a", "image_type": "defect"}, 400),
     ],
 )
-def test_worker_registration_rejects_bad_input(plain_api, product, fields, status):
-    response = plain_api.post("/api/worker/image/register/", {"image_type": "query_temp", **fields}, format="json")
+def test_worker_registration_rejects_bad_input(line_pc_api, product, fields, status):
+    response = line_pc_api.post("/api/worker/image/register/", {"image_type": "query_temp", **fields}, format="json")
     assert response.status_code == status and response.json()["detail"]
     assert not Image.objects.exists()
 
