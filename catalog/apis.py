@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,11 +22,17 @@ from catalog.services import UploadedImage, image_delete, images_create
 from simsearch_project.drf_defaults import BoundedJSONParser
 from simsearch_project.permissions import CatalogModelPermissions
 
+# Ids are integers: DRF's default pattern lets "/api/products/%0C1/" reach int(), which strips the
+# form feed and answers product 1.
+ID_PATTERN = "[0-9]+"
+
 
 class ProductViewSet(viewsets.ModelViewSet):
     queryset = Product.objects.all()
     serializer_class = ProductSerializer
     permission_classes = [CatalogModelPermissions]
+    lookup_value_regex = ID_PATTERN
+    parser_classes = [BoundedJSONParser]
     search_fields = ["product_code", "product_name"]
     filterset_fields = ["product_code"]
     ordering_fields = ["product_code", "created_at"]
@@ -36,6 +42,8 @@ class DefectTypeViewSet(viewsets.ModelViewSet):
     queryset = DefectType.objects.all()
     serializer_class = DefectTypeSerializer
     permission_classes = [CatalogModelPermissions]
+    lookup_value_regex = ID_PATTERN
+    parser_classes = [BoundedJSONParser]
     search_fields = ["defect_code", "defect_name_ko", "defect_name_en"]
     filterset_fields = ["defect_code"]
     ordering_fields = ["defect_code", "created_at"]
@@ -63,7 +71,9 @@ class ImageViewSet(
     queryset = image_list()
     serializer_class = ImageOutputSerializer
     permission_classes = [CatalogModelPermissions]
-    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
+    lookup_value_regex = ID_PATTERN
+    # An upload carries a file: multipart is the only body this view reads.
+    parser_classes = [MultiPartParser]
     filterset_class = ImageFilter
     search_fields = [
         "product__product_code",

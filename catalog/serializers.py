@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from catalog.models import DefectType, Image, ImageType, Product
+from simsearch_project.fields import StrictCharField, StrictModelSerializer
 from simsearch_project.json_input import BoundedJSONDecoder
 
 # Catalog uploads are gallery images; temporary query images come through the worker API.
@@ -14,7 +15,7 @@ UPLOAD_IMAGE_TYPES = [
 ]
 
 
-class ProductSerializer(serializers.ModelSerializer):
+class ProductSerializer(StrictModelSerializer):
     class Meta:
         model = Product
         fields = [
@@ -27,7 +28,7 @@ class ProductSerializer(serializers.ModelSerializer):
         ]
 
 
-class DefectTypeSerializer(serializers.ModelSerializer):
+class DefectTypeSerializer(StrictModelSerializer):
     class Meta:
         model = DefectType
         fields = [
@@ -44,9 +45,9 @@ class DefectTypeSerializer(serializers.ModelSerializer):
 class ImageOutputSerializer(serializers.ModelSerializer):
     product_code = serializers.CharField(source="product.product_code")
     product_name = serializers.CharField(source="product.product_name")
-    defect_code = serializers.CharField(source="defect_type.defect_code", default=None)
-    defect_name_ko = serializers.CharField(source="defect_type.defect_name_ko", default=None)
-    defect_name_en = serializers.CharField(source="defect_type.defect_name_en", default=None)
+    defect_code = serializers.CharField(source="defect_type.defect_code", default=None, allow_null=True)
+    defect_name_ko = serializers.CharField(source="defect_type.defect_name_ko", default=None, allow_null=True)
+    defect_name_en = serializers.CharField(source="defect_type.defect_name_en", default=None, allow_null=True)
     local_path = serializers.CharField(source="file.name")
     storage_url = serializers.SerializerMethodField()
 
@@ -83,8 +84,8 @@ class ImageOutputSerializer(serializers.ModelSerializer):
 class ImageUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="The image (JPEG, PNG, BMP, TIFF or WEBP).")
     image_type = serializers.ChoiceField(choices=UPLOAD_IMAGE_TYPES)
-    product_code = serializers.CharField(max_length=64)
-    defect_code = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    product_code = StrictCharField(max_length=64)
+    defect_code = StrictCharField(max_length=64, required=False, allow_blank=True, default="")
     preprocessing_config = serializers.JSONField(required=False, default=dict, decoder=BoundedJSONDecoder)
 
     def validate_product_code(self, value: str) -> Product:

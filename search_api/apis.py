@@ -34,6 +34,7 @@ from search_api.serializers import (
     IndexStatusResponseSerializer,
     RebuildRequestSerializer,
     RebuildResponseSerializer,
+    SimilaritySearchJsonRequestSerializer,
     SimilaritySearchRequestSerializer,
     SimilaritySearchResponseSerializer,
     WorkerImageRegisterResponseSerializer,
@@ -99,7 +100,9 @@ class SimilaritySearchApi(APIView):
     @extend_schema(
         request={
             "multipart/form-data": SimilaritySearchRequestSerializer,
-            "application/json": SimilaritySearchRequestSerializer,
+            # Only multipart carries a file; the other bodies carry image_id, storage_url or text.
+            "application/x-www-form-urlencoded": SimilaritySearchJsonRequestSerializer,
+            "application/json": SimilaritySearchJsonRequestSerializer,
         },
         responses={
             200: SimilaritySearchResponseSerializer,
@@ -115,7 +118,7 @@ class SimilaritySearchApi(APIView):
         data = params.validated_data
         engine = serving_engine(settings.USE_INDEX_V2)
         image, label = self._query_image(request, data)
-        product_code, defect_code = data.get("product_code"), data.get("defect_code")
+        product_code, defect_code = data.get("product_code") or None, data.get("defect_code") or None
         self._check_codes(engine, data["image_type"], product_code, defect_code)
         outcome = similarity_search(
             SearchQuery(
@@ -214,7 +217,7 @@ class IndexRebuildApi(APIView):
     )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, Mapping):
-            raise _bad_request("index_type", "Send a JSON object or form fields, e.g. {\"index_type\": \"all\"}.")
+            raise _bad_request("index_type", 'Send a JSON object or form fields, e.g. {"index_type": "all"}.')
         raw = request.data.get("index_type") or request.query_params.get("index_type")
         # No default: an empty or mistyped body must not rebuild everything.
         params = RebuildRequestSerializer(data={} if raw in (None, "") else {"index_type": raw})

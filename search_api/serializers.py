@@ -5,24 +5,31 @@ from typing import Any
 from rest_framework import serializers
 
 from indexing.models import GalleryType, IndexBuild
+from simsearch_project.fields import StrictCharField, StrictIntegerField
 
 
 class SimilaritySearchRequestSerializer(serializers.Serializer):
-    """Exactly one query: `image` (multipart file), `image_id`, `storage_url` or `text`."""
+    """Exactly one query: `image` (multipart file), `image_id`, `storage_url` or `text`.
+
+    An empty optional field means "not given", in JSON as in a form: DRF reads an empty form field
+    that way, and a form in a browser sends every field, filled in or not."""
 
     image = serializers.FileField(required=False, help_text="The query photo (JPEG, PNG, BMP, TIFF, WEBP).")
-    image_id = serializers.IntegerField(required=False, min_value=1, help_text="Search with a catalog image.")
-    storage_url = serializers.CharField(
-        required=False, max_length=2000, help_text="A link to an object in this deployment's bucket or media."
+    image_id = StrictIntegerField(required=False, min_value=1, help_text="Search with a catalog image.")
+    storage_url = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="A link to an object in this deployment's bucket or media.",
     )
-    text = serializers.CharField(
-        required=False, max_length=500, help_text='A text query, e.g. "scratch on a metal surface".'
+    text = StrictCharField(
+        required=False, allow_blank=True, max_length=500, help_text='A text query, e.g. "scratch on a metal surface".'
     )
-    top_k = serializers.IntegerField(required=False, default=5, min_value=1, max_value=100)
-    image_type = serializers.ChoiceField(choices=GalleryType.values, required=False, default=GalleryType.DEFECT)
-    product_code = serializers.CharField(required=False, max_length=64, allow_blank=False)
-    defect_code = serializers.CharField(required=False, max_length=64, allow_blank=False)
-    exclude_image_id = serializers.IntegerField(required=False, min_value=1)
+    top_k = StrictIntegerField(required=False, default=5, min_value=1, max_value=100)
+    image_type = serializers.ChoiceField(choices=GalleryType.choices, required=False, default=GalleryType.DEFECT)
+    product_code = StrictCharField(required=False, allow_blank=True, max_length=64)
+    defect_code = StrictCharField(required=False, allow_blank=True, max_length=64)
+    exclude_image_id = StrictIntegerField(required=False, min_value=1)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         given = [name for name in ("image", "image_id", "storage_url", "text") if attrs.get(name) not in (None, "")]
@@ -33,13 +40,17 @@ class SimilaritySearchRequestSerializer(serializers.Serializer):
                     + (f" (got {', '.join(given)})." if given else ".")
                 }
             )
-        if "text" in given and not attrs["text"].strip():
-            raise serializers.ValidationError({"text": "The text query is empty."})
         if attrs.get("defect_code") and attrs.get("image_type") == GalleryType.NORMAL:
             raise serializers.ValidationError(
                 {"defect_code": "Normal images have no defect type: drop defect_code or search image_type=defect."}
             )
         return attrs
+
+
+class SimilaritySearchJsonRequestSerializer(SimilaritySearchRequestSerializer):
+    """A search without a file (JSON or a urlencoded form): image_id, storage_url or text."""
+
+    image = None
 
 
 class IndexInfoSerializer(serializers.Serializer):
@@ -76,8 +87,8 @@ class SimilaritySearchResponseSerializer(serializers.Serializer):
 
 
 class IndexBuildSerializer(serializers.ModelSerializer):
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
-    duration_seconds = serializers.FloatField(read_only=True)
+    requested_by = serializers.CharField(source="requested_by.username", default=None, allow_null=True)
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = IndexBuild
@@ -157,10 +168,10 @@ class RebuildResponseSerializer(serializers.Serializer):
 
 
 class WorkerImageRegisterSerializer(serializers.Serializer):
-    storage_url = serializers.CharField(max_length=2000)
+    storage_url = StrictCharField(max_length=2000)
     image_type = serializers.ChoiceField(choices=["query_temp"])
-    product_code = serializers.CharField(max_length=64)
-    defect_code = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    product_code = StrictCharField(max_length=64)
+    defect_code = StrictCharField(max_length=64, required=False, allow_blank=True, default="")
 
 
 class WorkerImageRegisterResponseSerializer(serializers.Serializer):

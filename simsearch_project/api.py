@@ -58,9 +58,29 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif response is not None and isinstance(exc, exceptions.ValidationError) and isinstance(response.data, list):
         response.data = {
             "detail": " ".join(str(m) for m in response.data),
-            "errors": response.data,
+            "errors": {"non_field_errors": response.data},
         }
+    collision = isinstance(exc, exceptions.ValidationError) and _only_codes(exc.get_codes(), {"unique"})
+    if response is not None and collision:
+        # Well-formed input that collides with a row that exists (a product code taken): a conflict.
+        response.status_code = status.HTTP_409_CONFLICT
+        response.data["code"] = "conflict"
     return response
+
+
+def _only_codes(codes: Any, allowed: set[str]) -> bool:
+    """True when every error code in DRF's nested `get_codes()` answer is one of `allowed`."""
+    found: set[str] = set()
+    pending = [codes]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        else:
+            found.add(str(item))
+    return bool(found) and found <= allowed
 
 
 def _json_under_api(

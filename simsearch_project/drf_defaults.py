@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from rest_framework import pagination
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 
@@ -23,6 +23,33 @@ from simsearch_project.json_input import BoundedJSONDecoder
 class PageNumberPagination(pagination.PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def get_page_size(self, request: Any) -> int | None:
+        """DRF falls back to the default for a page_size it cannot read; say so instead (400)."""
+        message = f"A whole number from 1 to {self.max_page_size}."
+        _positive_integer(request, self.page_size_query_param, message)
+        if int(request.query_params.get(self.page_size_query_param) or 1) > self.max_page_size:
+            raise ValidationError({self.page_size_query_param: [message]})
+        return super().get_page_size(request)
+
+    def get_page_number(self, request: Any, paginator: Any) -> Any:
+        """Page numbers only (DRF also takes "last"): what the schema says, and all a client needs."""
+        _positive_integer(request, self.page_query_param, "A page number: a whole number from 1.")
+        return super().get_page_number(request, paginator)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["minimum"] = 1
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"]["maximum"] = self.max_page_size
+        return parameters
+
+
+def _positive_integer(request: Any, name: str, message: str) -> None:
+    raw = request.query_params.get(name)
+    if raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise ValidationError({name: [message]})
 
 
 class UTF8JSONRenderer(JSONRenderer):

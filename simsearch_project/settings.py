@@ -308,7 +308,7 @@ REST_FRAMEWORK = {
     ],
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "simsearch_project.filters.StrictDjangoFilterBackend",
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
@@ -316,7 +316,7 @@ REST_FRAMEWORK = {
         "simsearch_project.drf_defaults.UTF8JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "simsearch_project.schema.SimsearchAutoSchema",
     "DEFAULT_THROTTLE_RATES": {"search": SIMSEARCH_SEARCH_THROTTLE},
     "EXCEPTION_HANDLER": "simsearch_project.api.exception_handler",
 }

@@ -77,7 +77,13 @@ def test_product_and_defect_crud(staff_api):
     duplicate = staff_api.post(
         "/api/defect-types/", {"defect_code": "dent", "defect_name_ko": "x", "defect_name_en": "y"}, format="json"
     )
-    assert duplicate.status_code == 400 and "defect_code" in duplicate.json()["errors"]
+    # A taken code is a conflict with an existing row, not malformed input.
+    assert duplicate.status_code == 409 and "defect_code" in duplicate.json()["errors"]
+    assert duplicate.json()["code"] == "conflict"
+    taken_and_bad = staff_api.post(
+        "/api/defect-types/", {"defect_code": "dent", "defect_name_ko": "", "defect_name_en": "y"}, format="json"
+    )
+    assert taken_and_bad.status_code == 400  # anything malformed besides the collision stays a 400
     bad_code = staff_api.post("/api/products/", {"product_code": "a b/../c", "product_name": "x"}, format="json")
     assert bad_code.status_code == 400 and "product_code" in bad_code.json()["errors"]
     product = staff_api.post("/api/products/", {"product_code": "gear-b", "product_name": "기어 B"}, format="json")

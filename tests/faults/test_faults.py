@@ -167,7 +167,7 @@ def test_postgres_connection_drop_during_searches(tmp_path: Path, token, product
     with running_gunicorn(tmp_path / "gunicorn.log", workers=1, DATABASE_URL=switch.url) as base:
         query = image_bytes(seed=2)
         assert search(base, token, query).status_code == 200
-        by_id = {"image_id": str(images[0].pk)}
+        by_id = {"image_id": images[0].pk}
         assert search_json(base, token, by_id).status_code == 200
         switch.down()  # every open connection is cut, new ones are refused
         outage = search_json(base, token, by_id)
