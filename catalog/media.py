@@ -8,6 +8,7 @@ everything else is 404."""
 
 from __future__ import annotations
 
+import errno
 import posixpath
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.views.static import serve
 
 from catalog.selectors import image_names_referenced
+from catalog.storage import resolved_name
 
 PUBLIC_PREFIXES = ("images", "thumbnails")
 
@@ -35,6 +37,14 @@ def serve_media(request: HttpRequest, path: str) -> HttpResponse:
     # The same normalisation `serve` applies, so that `images/../index-builds/...` is judged as
     # the file it would open.
     name = posixpath.normpath(path).lstrip("/")
-    if not media_name_is_public(name):
-        raise Http404("No such file.")
-    return serve(request, name, document_root=settings.MEDIA_ROOT)
+    try:
+        # Judged as named and as the file it opens: a link must not lead to index files or out.
+        if not (media_name_is_public(name) and media_name_is_public(resolved_name(name))):
+            raise Http404("No such file.")
+        return serve(request, name, document_root=settings.MEDIA_ROOT)
+    except FileNotFoundError:
+        raise Http404("No such file.") from None
+    except OSError as exc:  # a name longer than the file system allows, a path through a file
+        if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR):
+            raise Http404("No such file.") from None
+        raise

@@ -79,8 +79,10 @@ class ImageAlias:
 
 
 def image_aliases() -> list[ImageAlias]:
-    """Every storage name used by two or more rows, with those rows' ids. Such rows predate the
-    rule that a query image never shares an object with another row."""
+    """Every storage name used by two or more rows, one of them a catalog image, with those rows'
+    ids. Such rows predate the rule that a query image never shares an object with a catalog
+    image. (A line may register its own upload twice: query images sharing an object are fine,
+    since a delete keeps an object another row still uses.)"""
     shared_files = (
         Image.objects.order_by().values("file").annotate(rows=Count("id")).filter(rows__gt=1).values_list("file")
     )
@@ -96,11 +98,18 @@ def image_aliases() -> list[ImageAlias]:
     candidates = {name for (name,) in shared_files} | {name for (name,) in shared_previews}
     candidates |= set(Image.objects.filter(file__in=previews).values_list("file", flat=True))
     users: dict[str, set[int]] = {name: set() for name in candidates}
+    catalog_names: set[str] = set()
     rows = Image.objects.filter(Q(file__in=candidates) | Q(thumbnail__in=candidates)).values_list(
-        "id", "file", "thumbnail"
+        "id", "file", "thumbnail", "image_type"
     )
-    for image_id, file_name, preview in rows:
+    for image_id, file_name, preview, image_type in rows:
         for name in (file_name, preview):
             if name in users:
                 users[name].add(image_id)
-    return [ImageAlias(name, tuple(sorted(ids))) for name, ids in sorted(users.items()) if len(ids) > 1]
+                if image_type != ImageType.QUERY_TEMP:
+                    catalog_names.add(name)
+    return [
+        ImageAlias(name, tuple(sorted(ids)))
+        for name, ids in sorted(users.items())
+        if len(ids) > 1 and name in catalog_names
+    ]

@@ -4,6 +4,7 @@ or a project error, never HTTP objects."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from django.utils import timezone
 from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes, thumbnail_jpeg
 from catalog.models import DefectType, Image, ImageType, Product
 from catalog.selectors import catalog_image_with_object, catalog_images_by_hash, image_names_referenced
-from catalog.storage import read_stored
+from catalog.storage import read_stored, resolved_name
 from simsearch_project.errors import Conflict, StorageUnavailable, safe_reason
 
 logger = logging.getLogger(__name__)
@@ -316,7 +317,10 @@ def image_delete(*, image: Image) -> None:
 
 def _delete_unreferenced(*, storage, names: list[str]) -> None:  # type: ignore[no-untyped-def]
     try:
-        still_used = image_names_referenced(names=names)
+        # A local name may open another row's object through a link: judge by both names.
+        opens = {name: _resolved_or_none(name, storage=storage) for name in names}
+        used = image_names_referenced(names=[*names, *(n for n in opens.values() if n)])
+        still_used = {name for name in names if name in used or opens[name] in used or opens[name] is None}
     except Exception:
         # Not knowing is not a reason to delete: a leftover object costs only space.
         logger.exception("Could not check whether other images use %s; keeping them", ", ".join(names))
@@ -324,6 +328,14 @@ def _delete_unreferenced(*, storage, names: list[str]) -> None:  # type: ignore[
     for name in sorted(still_used):
         logger.warning("Kept %s in storage: another image still uses it (see manage.py check_image_aliases)", name)
     _delete_files_quietly(storage=storage, names=[name for name in names if name not in still_used])
+
+
+def _resolved_or_none(name: str, *, storage) -> str | None:  # type: ignore[no-untyped-def]
+    """The object `name` opens; None where it leads out of the media folder (never deleted)."""
+    try:
+        return resolved_name(name, storage=storage)
+    except FileNotFoundError:
+        return None if os.path.lexists(storage.path(name)) else name
 
 
 def _delete_files_quietly(*, storage, names: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -371,7 +383,18 @@ def _server_managed_prefixes() -> tuple[str, ...]:
 def _refuse_server_object(key: str) -> None:
     """A query image's object is deleted when the query image expires, so it must be the line's
     own upload: never a catalog file or preview (or anything else the server writes), whose
-    links any signed-in user gets from search results."""
+    links any signed-in user gets from search results. Judged by the key and by the object the
+    key really opens (a link in a local media folder can lead from a line's folder to a catalog
+    file)."""
+    try:
+        names = {key, resolved_name(key)}
+    except FileNotFoundError:
+        names = {key}  # nothing there (or outside the folder): reading it answers 404 next
+    for name in sorted(names):
+        _refuse_server_name(name)
+
+
+def _refuse_server_name(key: str) -> None:
     for prefix in _server_managed_prefixes():
         if key == prefix or key.startswith(f"{prefix}/"):
             raise ValidationError(

@@ -30,10 +30,30 @@ def _is_not_found(exc: Exception) -> bool:
 _NOT_AN_OBJECT_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
 
 
+def resolved_name(name: str, *, storage: Storage | None = None) -> str:
+    """The name of the object that `name` opens. In a local folder a symbolic link can make one
+    name open another object (a catalog file), or a file outside the folder: this is the name of
+    the file reached, relative to the folder, and FileNotFoundError if that lies outside. Object
+    stores have no links: there it is `name` itself."""
+    storage = storage or default_storage
+    if not isinstance(storage, FileSystemStorage):
+        return name
+    root = os.path.realpath(storage.location)
+    try:
+        real = os.path.realpath(storage.path(name))
+    except (SuspiciousOperation, ValueError) as exc:
+        raise FileNotFoundError(name) from exc
+    if os.path.commonpath([root, real]) != root:
+        raise FileNotFoundError(name)
+    return os.path.relpath(real, root).replace(os.sep, "/")
+
+
 def read_object(name: str, *, storage: Storage | None = None) -> bytes:
-    """The bytes of `name`; FileNotFoundError if the storage has no such object."""
+    """The bytes of `name`; FileNotFoundError if the storage has no such object (or, locally, if
+    the name leads out of the media folder)."""
     storage = storage or default_storage
     try:
+        resolved_name(name, storage=storage)
         with storage.open(name, "rb") as handle:
             return handle.read()
     except FileNotFoundError:

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -17,8 +18,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from catalog.image_validation import read_limited
-from catalog.models import Image
-from catalog.selectors import defect_type_get_by_code, product_get_by_code
+from catalog.selectors import defect_type_get_by_code, image_list_visible_to, product_get_by_code
 from catalog.services import image_inspect, temp_image_register
 from catalog.storage import read_stored
 from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
@@ -166,7 +166,8 @@ class SimilaritySearchApi(APIView):
             finally:
                 upload.close()  # a spooled temporary file is removed now, on errors too
         if data.get("image_id") is not None:
-            image = Image.objects.filter(pk=data["image_id"]).only("file").first()
+            # Another client's temporary image is not this user's to search with (nor to learn of).
+            image = image_list_visible_to(user=request.user).filter(pk=data["image_id"]).first()
             if image is None:
                 raise NotFound(f"No catalog image with id {data['image_id']}.")
             return read_stored(image.file.name), f"image_id:{image.pk}"
@@ -334,10 +335,12 @@ class WorkerImageRegisterApi(APIView):
         )
 
 
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     """Ready = database reachable and the serving engine's active builds loaded."""
     database = "ok"

@@ -4,6 +4,7 @@ clients, other clients' temporary images hidden, and index files never served un
 from __future__ import annotations
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -99,3 +100,23 @@ def test_media_serves_pictures_but_never_index_files(client, line_pc_api, produc
     assert client.get(f"/media/{stray}").status_code == 404
     assert client.get("/media/").status_code == 404
     assert client.get("/media/images/").status_code == 404
+
+
+def test_media_names_the_file_system_cannot_hold_are_404(client, settings):
+    import os
+
+    assert client.get("/media/images/" + "a" * 300).status_code == 404
+    assert client.get("/media/thumbnails/" + "b" * 300 + ".jpg").status_code == 404
+    # A link under images/ that leads to the index files is judged by where it leads.
+    default_storage.save(f"{settings.SIMSEARCH_INDEX_PREFIX}/v2/defect/000001-ab/metadata.json", ContentFile(b"[]"))
+    (image_dir := settings.MEDIA_ROOT / "images").mkdir(parents=True, exist_ok=True)
+    os.symlink(settings.MEDIA_ROOT / settings.SIMSEARCH_INDEX_PREFIX, image_dir / "builds")
+    assert client.get("/media/images/builds/v2/defect/000001-ab/metadata.json").status_code == 404
+
+
+def test_another_clients_temporary_image_cannot_be_searched_with(role_user, product, scratch):
+    line_a, line_b = token_client(role_user(LINE_PC)), token_client(role_user(LINE_PC))
+    theirs = register(line_b, "cam-d.jpg")
+    response = line_a.post("/api/search/similarity/", {"image_id": theirs}, format="json")
+    assert response.status_code == 404  # as for an id that does not exist
+    assert line_b.post("/api/search/similarity/", {"image_id": theirs}, format="json").status_code != 404

@@ -136,3 +136,35 @@ def test_check_image_aliases_reports_rows_sharing_an_object(product, scratch):
     assert f"{first.file.name}: images {', '.join(map(str, sorted([first.pk, file_alias.pk, cross.pk])))}" in lines
     assert f"{second.thumbnail.name}: images {second.pk}, {preview_alias.pk}" in lines
     assert len(lines) == 2
+
+
+def test_a_line_upload_registered_twice_is_not_reported(product, scratch):
+    image = image_create(data=image_bytes(seed=8), image_type=ImageType.DEFECT, product=product, defect_type=scratch)
+    alias_of(image, "line-uploads/cam1/frame.jpg")
+    alias_of(image, "line-uploads/cam1/frame.jpg")
+    out = StringIO()
+    call_command("check_image_aliases", stdout=out)
+    assert "No stored object" in out.getvalue()
+
+
+def test_a_link_in_the_media_folder_cannot_lead_a_query_image_to_a_catalog_file(
+    settings, staff_api, product, scratch, django_capture_on_commit_callbacks
+):
+    """Local storage only (object stores have no links): a line's folder that links into images/,
+    or out of the media folder, is judged by the file it opens."""
+    import os
+
+    catalog = image_create(data=image_bytes(seed=9), image_type=ImageType.DEFECT, product=product, defect_type=scratch)
+    media = settings.MEDIA_ROOT
+    os.makedirs(media / "line-uploads" / "cam1")
+    os.symlink(media / "images", media / "line-uploads" / "cam1" / "imglink")
+    through_link = "line-uploads/cam1/imglink/" + catalog.file.name.removeprefix("images/")
+    response = register(staff_api, through_link)
+    assert response.status_code == 400 and "managed by the server" in response.json()["detail"], response.content
+    os.symlink("/etc/hostname", media / "line-uploads" / "cam1" / "outside.png")
+    assert register(staff_api, "line-uploads/cam1/outside.png").status_code == 404
+    # A row that got there before the check: deleting it keeps the catalog file.
+    old = alias_of(catalog, through_link)
+    with django_capture_on_commit_callbacks(execute=True):
+        image_delete(image=old)
+    assert default_storage.exists(catalog.file.name)

@@ -260,6 +260,7 @@ def test_search_is_throttled(monkeypatch, plain_api, indexed_gallery):
 
 def test_health_and_readiness(client, indexed_gallery):
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.generic("TRACE", "/healthz").status_code == 405 and client.head("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["loaded"]["v2/defect"] == indexed_gallery.defect_build.pk
