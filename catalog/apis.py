@@ -5,7 +5,6 @@ from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -19,7 +18,7 @@ from catalog.serializers import (
     ProductSerializer,
 )
 from catalog.services import UploadedImage, image_delete, images_create
-from simsearch_project.drf_defaults import BoundedJSONParser
+from simsearch_project.drf_defaults import BoundedJSONParser, StrictMultiPartParser
 from simsearch_project.permissions import CatalogModelPermissions
 
 # Ids are integers: DRF's default pattern lets "/api/products/%0C1/" reach int(), which strips the
@@ -73,7 +72,7 @@ class ImageViewSet(
     permission_classes = [CatalogModelPermissions]
     lookup_value_regex = ID_PATTERN
     # An upload carries a file: multipart is the only body this view reads.
-    parser_classes = [MultiPartParser]
+    parser_classes = [StrictMultiPartParser]
     filterset_class = ImageFilter
     search_fields = [
         "product__product_code",

@@ -11,7 +11,6 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -40,7 +39,7 @@ from search_api.serializers import (
     WorkerImageRegisterResponseSerializer,
     WorkerImageRegisterSerializer,
 )
-from simsearch_project.drf_defaults import BoundedJSONParser
+from simsearch_project.drf_defaults import BoundedJSONParser, StrictFormParser, StrictMultiPartParser
 from simsearch_project.errors import NotFound
 from simsearch_project.permissions import (
     VIEW_INDEX_BUILD,
@@ -93,7 +92,7 @@ def _index_info(loaded: LoadedIndex) -> dict[str, Any]:
 class SimilaritySearchApi(APIView):
     """Find the catalog images most similar to a photo (or a text), from the active index."""
 
-    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
+    parser_classes = [StrictMultiPartParser, StrictFormParser, BoundedJSONParser]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "search"
 
@@ -298,7 +297,7 @@ class WorkerImageRegisterApi(APIView):
     """Register an object a line worker uploaded to storage as a temporary query image."""
 
     permission_classes = [CanRegisterQueryImage]
-    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
+    parser_classes = [BoundedJSONParser, StrictFormParser, StrictMultiPartParser]
 
     @extend_schema(request=WorkerImageRegisterSerializer, responses={201: WorkerImageRegisterResponseSerializer})
     def post(self, request: Request) -> Response:

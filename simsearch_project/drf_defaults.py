@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from django.http import QueryDict
 from rest_framework import pagination
 from rest_framework.exceptions import ParseError, ValidationError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 
 from simsearch_project.json_input import BoundedJSONDecoder
@@ -69,3 +71,30 @@ class BoundedJSONParser(JSONParser):
             return json.loads(text, cls=BoundedJSONDecoder)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
             raise ParseError(f"JSON parse error - {exc}") from None
+
+
+class StrictFormParser(FormParser):
+    """DRF's urlencoded form parser, refusing bytes that are not UTF-8 (400) where Django would
+    read them as replacement characters ("\ufffd") and carry on."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        raw = stream.read() if stream is not None else b""
+        for pair in raw.split(b"&"):
+            try:
+                unquote_to_bytes(pair.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ParseError("Form parse error - the form is not valid UTF-8.") from None
+        return QueryDict(raw, encoding=(parser_context or {}).get("encoding", "utf-8"))
+
+
+class StrictMultiPartParser(MultiPartParser):
+    """DRF's multipart parser, refusing field names and values that were not UTF-8. Django decodes
+    them with replacement characters and gives no other sign, so a U+FFFD in a field is taken for
+    bytes that were not UTF-8: no client of this API has a reason to send that character."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        parsed = super().parse(stream, media_type, parser_context)
+        for name, values in parsed.data.lists():
+            if "\ufffd" in name or any("\ufffd" in value for value in values):
+                raise ParseError("Multipart form parse error - a field is not valid UTF-8.")
+        return parsed

@@ -303,8 +303,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "simsearch_project.drf_defaults.PageNumberPagination",
     "DEFAULT_PARSER_CLASSES": [
         "simsearch_project.drf_defaults.BoundedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "simsearch_project.drf_defaults.StrictFormParser",
+        "simsearch_project.drf_defaults.StrictMultiPartParser",
     ],
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [

@@ -117,3 +117,22 @@ def test_normal_search_with_a_defect_code_is_a_400(api, product):
 def test_rebuild_needs_an_explicit_index_type(api, body, content_type):
     assert_clear_400(api.post("/api/index/rebuild/", data=body, content_type=content_type), "index_type")
     assert not IndexBuild.objects.exists()
+
+
+@pytest.mark.parametrize("body", [b"text=\xff\xfe", b"text=%ff%fe", b"%ff=dent&text=x"], ids=["raw", "escaped", "name"])
+def test_a_form_that_is_not_utf8_is_a_400(api, body):
+    response = api.post(SEARCH, data=body, content_type="application/x-www-form-urlencoded")
+    assert_clear_400(response, "UTF-8")
+
+
+def test_a_multipart_field_that_is_not_utf8_is_a_400(api, product):
+    boundary = "simsearch-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n".encode()
+        + b"\xff\xfe dent\r\n"
+        + f"--{boundary}--\r\n".encode()
+    )
+    response = api.post(SEARCH, data=body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert_clear_400(response, "UTF-8")
+    ok = api.post(SEARCH, {"text": "긁힘 dent"}, format="multipart")  # real UTF-8 passes (503: no index)
+    assert ok.status_code == 503
