@@ -17,16 +17,15 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from catalog.image_validation import read_limited
-from catalog.selectors import defect_type_get_by_code, image_list_visible_to, product_get_by_code
-from catalog.services import image_inspect, temp_image_register
-from catalog.storage import read_stored
+from catalog.selectors import defect_type_get_by_code, product_get_by_code
+from catalog.services import temp_image_register
 from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
 from indexing.artifacts import LoadedIndex
-from indexing.models import IndexBuild, IndexEngine
+from indexing.models import IndexBuild
 from indexing.selectors import build_list, serving_engine
 from indexing.services import builds_fail_stale, index_build_activate, index_build_request
 from search_api.index_cache import index_cache
-from search_api.search import SearchQuery, similarity_search
+from search_api.models import SearchSource
 from search_api.serializers import (
     IndexBuildPublicSerializer,
     IndexBuildSerializer,
@@ -39,6 +38,7 @@ from search_api.serializers import (
     WorkerImageRegisterResponseSerializer,
     WorkerImageRegisterSerializer,
 )
+from search_api.services import SearchInput, V1Hit, V2Hit, search_run
 from simsearch_project.drf_defaults import BoundedJSONParser, StrictFormParser, StrictMultiPartParser
 from simsearch_project.errors import NotFound
 from simsearch_project.permissions import (
@@ -61,14 +61,6 @@ def storage_key(url: str, request: Request, field: str = "storage_url") -> str:
         return storage_key_from_url(url, request_host=request.get_host())
     except RefusedStorageUrl as exc:
         raise _bad_request(field, str(exc)) from None
-
-
-def _checked_image(data: bytes, field: str) -> bytes:
-    try:
-        image_inspect(data=data)
-    except ValidationError as exc:
-        raise _bad_request(field, " ".join(exc.message_dict["file"])) from None
-    return data
 
 
 def _absolute_url(request: Request, url: str) -> str:
@@ -115,94 +107,57 @@ class SimilaritySearchApi(APIView):
         params = SimilaritySearchRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        engine = serving_engine(settings.USE_INDEX_V2)
-        image, label = self._query_image(request, data)
-        product_code, defect_code = data.get("product_code") or None, data.get("defect_code") or None
-        self._check_codes(engine, data["image_type"], product_code, defect_code)
-        outcome = similarity_search(
-            SearchQuery(
-                image=image,
-                text=data.get("text"),
+        upload = data.get("image")
+        try:
+            query = SearchInput(
                 top_k=data["top_k"],
                 image_type=data["image_type"],
-                engine=engine,
-                product_code=product_code,
-                defect_code=defect_code,
+                upload=read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES) if upload else None,
+                upload_name=(upload.name if upload else None) or "upload",
+                image_id=data.get("image_id"),
+                storage_url=data.get("storage_url") or None,
+                text=data.get("text") or None,
+                product_code=data.get("product_code") or None,
+                defect_code=data.get("defect_code") or None,
                 exclude_image_id=data.get("exclude_image_id"),
+                request_host=request.get_host(),
+                source=SearchSource.API,
             )
-        )
-        records = outcome.index.records
-        if engine == IndexEngine.V1:
-            results = [
-                {
-                    "image_path": records[i]["image_path"],
-                    "similarity_score": round(score, 6),
-                    "product": records[i]["product"],
-                    "defect": records[i]["defect"],
-                }
-                for i, score in outcome.hits
-            ]
-        else:
-            results = [self._v2_result(request, records[i], score) for i, score in outcome.hits]
+        finally:
+            if upload:
+                upload.close()  # a spooled temporary file is removed now, on errors too
+        result = search_run(query=query, user=request.user)
         body: dict[str, Any] = {
             "status": "success",
-            "version": engine,
-            "query_image": label,
-            "index": _index_info(outcome.index),
-            "results": results,
+            "version": result.engine,
+            "query_image": result.query_label,
+            "index": _index_info(result.index),
+            "results": [self._result(request, hit) for hit in result.hits],
         }
         if body["index"]["is_untrained"]:
             body["warning"] = UNTRAINED_WARNING
         return Response(body)
 
-    def _query_image(self, request: Request, data: dict[str, Any]) -> tuple[bytes | None, str]:
-        if data.get("image") is not None:
-            upload = data["image"]
-            try:
-                return _checked_image(read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES), "image"), (
-                    upload.name or "upload"
-                )
-            finally:
-                upload.close()  # a spooled temporary file is removed now, on errors too
-        if data.get("image_id") is not None:
-            # Another client's temporary image is not this user's to search with (nor to learn of).
-            image = image_list_visible_to(user=request.user).filter(pk=data["image_id"]).first()
-            if image is None:
-                raise NotFound(f"No catalog image with id {data['image_id']}.")
-            return read_stored(image.file.name), f"image_id:{image.pk}"
-        if data.get("storage_url"):
-            key = storage_key(data["storage_url"], request)
-            return _checked_image(read_stored(key), "storage_url"), key
-        return None, f"text:{data['text']}"
-
-    def _check_codes(self, engine: str, image_type: str, product_code: str | None, defect_code: str | None) -> None:
-        if engine == IndexEngine.V2:
-            if product_code and product_get_by_code(product_code=product_code) is None:
-                raise _bad_request("product_code", f"Unknown product code {product_code!r}.")
-            if defect_code and defect_type_get_by_code(defect_code=defect_code) is None:
-                raise _bad_request("defect_code", f"Unknown defect code {defect_code!r}.")
-            return
-        # V1 has no catalog: a code is known if the legacy gallery has a file with it.
-        loaded = index_cache.get(engine=engine, image_type=image_type)
-        if loaded is not None:
-            if product_code and not len(loaded.ids_matching(product_code=product_code, defect_code=None)):
-                raise _bad_request("product_code", f"Unknown product {product_code!r} in the legacy gallery.")
-            if defect_code and not len(loaded.ids_matching(product_code=None, defect_code=defect_code)):
-                raise _bad_request("defect_code", f"Unknown defect {defect_code!r} in the legacy gallery.")
-
-    def _v2_result(self, request: Request, record: dict[str, Any], score: float) -> dict[str, Any]:
+    def _result(self, request: Request, hit: V2Hit | V1Hit) -> dict[str, Any]:
+        if isinstance(hit, V1Hit):
+            return {
+                "image_path": hit.image_path,
+                "similarity_score": hit.score,
+                "product": hit.product,
+                "defect": hit.defect,
+            }
         return {
-            "image_id": record["image_id"],
-            "similarity_score": round(score, 6),
-            "local_path": record["local_path"],
+            "image_id": hit.image_id,
+            "similarity_score": hit.score,
+            "local_path": hit.local_path,
             # Presigned links expire and embed the signing host: made per response, never stored.
-            "storage_url": _absolute_url(request, default_storage.url(record["local_path"])),
-            "product_code": record["product_code"],
-            "product_name": record["product_name"],
-            "defect_code": record["defect_code"],
-            "defect_name": record["defect_name"],
-            "defect_name_en": record.get("defect_name_en"),
-            "image_type": record["image_type"],
+            "storage_url": _absolute_url(request, default_storage.url(hit.local_path)),
+            "product_code": hit.product_code,
+            "product_name": hit.product_name,
+            "defect_code": hit.defect_code,
+            "defect_name": hit.defect_name,
+            "defect_name_en": hit.defect_name_en,
+            "image_type": hit.image_type,
         }
 
 

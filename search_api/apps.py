@@ -1,4 +1,21 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+SEARCH_LOG_SCHEDULE = "simsearch: purge old search history"
+
+
+def ensure_schedules(**kwargs: Any) -> None:
+    """Create the daily history purge by name, idempotently (re-running migrate changes nothing)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name=SEARCH_LOG_SCHEDULE,
+        defaults={"func": "search_api.tasks.purge_search_log", "schedule_type": Schedule.DAILY, "repeats": -1},
+    )
 
 
 class SearchApiConfig(AppConfig):
@@ -6,7 +23,9 @@ class SearchApiConfig(AppConfig):
     verbose_name = "Search API"
 
     def ready(self) -> None:
-        # Only wiring: revoked credentials leave the outage cache of the token authentication.
+        # Only wiring: revoked credentials leave the outage cache of the token authentication,
+        # and the history purge is scheduled after migrate.
         from simsearch_project import credential_cache
 
         credential_cache.connect_signals()
+        post_migrate.connect(ensure_schedules, sender=self)

@@ -221,6 +221,8 @@ INDEX_DIR_V1 = env_str("INDEX_DIR_V1")
 # --- Search API ---------------------------------------------------------------------------
 SIMSEARCH_SEARCH_THROTTLE = env_str("SIMSEARCH_SEARCH_THROTTLE", "600/minute")
 SIMSEARCH_TEMP_IMAGE_TTL_SECONDS = env_int("SIMSEARCH_TEMP_IMAGE_TTL_SECONDS", 24 * 3600)
+# Search history rows older than this are deleted by a daily schedule.
+SIMSEARCH_SEARCH_LOG_DAYS = env_int("SIMSEARCH_SEARCH_LOG_DAYS", 90)
 # Largest request body /api/ accepts (an upload plus its form fields).
 SIMSEARCH_MAX_REQUEST_BYTES = env_int("SIMSEARCH_MAX_REQUEST_BYTES", SIMSEARCH_MAX_UPLOAD_BYTES + 1024 * 1024)
 # Largest body any other page accepts from anyone but signed-in staff (a login form is a few hundred

@@ -1,0 +1,232 @@
+"""Similarity search as one service for every face that asks it (the API today; the admin
+console next): a typed query in, typed hits out, and a row in the search history. The faces only
+translate their input into a `SearchInput` and the `SearchResult` into their output."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError
+from django.utils import timezone
+
+from catalog.selectors import defect_type_get_by_code, image_list_visible_to, product_get_by_code
+from catalog.services import image_inspect
+from catalog.storage import read_stored
+from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
+from indexing.artifacts import LoadedIndex
+from indexing.models import IndexEngine
+from indexing.selectors import serving_engine
+from search_api.index_cache import index_cache
+from search_api.models import QueryKind, SearchLog, SearchSource
+from search_api.search import SearchQuery, similarity_search
+from simsearch_project.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchInput:
+    """Exactly one of `upload`, `image_id`, `storage_url` and `text` (the faces validate that)."""
+
+    top_k: int
+    image_type: str
+    upload: bytes | None = None
+    upload_name: str = "upload"
+    image_id: int | None = None
+    storage_url: str | None = None
+    text: str | None = None
+    product_code: str | None = None
+    defect_code: str | None = None
+    exclude_image_id: int | None = None
+    # The host the client called, so that a link to this server's own /media/ is understood.
+    request_host: str | None = None
+    source: str = SearchSource.API
+
+
+@dataclass(frozen=True)
+class V2Hit:
+    image_id: int
+    score: float
+    local_path: str
+    product_code: str
+    product_name: str
+    defect_code: str | None
+    defect_name: str | None
+    defect_name_en: str | None
+    image_type: str
+
+
+@dataclass(frozen=True)
+class V1Hit:
+    image_path: str
+    score: float
+    product: str
+    defect: str | None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    engine: str
+    query_label: str
+    index: LoadedIndex
+    hits: list[V2Hit] | list[V1Hit]
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class _ResolvedQuery:
+    image: bytes | None
+    label: str
+    kind: str
+    reference: str
+
+
+def search_run(*, query: SearchInput, user: Any) -> SearchResult:
+    """Resolve the query (read the photo, check it and the codes), search the serving index and
+    record the search. Raises ValidationError (400), NotFound, or the errors of `similarity_search`."""
+    started = time.perf_counter()
+    engine = serving_engine(settings.USE_INDEX_V2)
+    resolved = _resolve(query, user)
+    product_code, defect_code = query.product_code or None, query.defect_code or None
+    _check_codes(engine, query.image_type, product_code, defect_code)
+    outcome = similarity_search(
+        SearchQuery(
+            image=resolved.image,
+            text=query.text,
+            top_k=query.top_k,
+            image_type=query.image_type,
+            engine=engine,
+            product_code=product_code,
+            defect_code=defect_code,
+            exclude_image_id=query.exclude_image_id,
+        )
+    )
+    records = outcome.index.records
+    hits: list[V2Hit] | list[V1Hit]
+    if engine == IndexEngine.V1:
+        hits = [_v1_hit(records[i], score) for i, score in outcome.hits]
+    else:
+        hits = [_v2_hit(records[i], score) for i, score in outcome.hits]
+    result = SearchResult(
+        engine=engine,
+        query_label=resolved.label,
+        index=outcome.index,
+        hits=hits,
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+    )
+    search_log_record(query=query, kind=resolved.kind, reference=resolved.reference, result=result, user=user)
+    return result
+
+
+def _invalid(field: str, message: str) -> ValidationError:
+    return ValidationError({field: [message]})
+
+
+def _inspected(data: bytes, field: str) -> bytes:
+    try:
+        image_inspect(data=data)
+    except ValidationError as exc:
+        raise _invalid(field, " ".join(exc.message_dict["file"])) from None
+    return data
+
+
+def _resolve(query: SearchInput, user: Any) -> _ResolvedQuery:
+    if query.upload is not None:
+        data = _inspected(query.upload, "image")
+        return _ResolvedQuery(data, query.upload_name, QueryKind.UPLOAD, hashlib.sha256(data).hexdigest())
+    if query.image_id is not None:
+        # Another client's temporary image is not this user's to search with (nor to learn of).
+        image = image_list_visible_to(user=user).filter(pk=query.image_id).first()
+        if image is None:
+            raise NotFound(f"No catalog image with id {query.image_id}.")
+        return _ResolvedQuery(read_stored(image.file.name), f"image_id:{image.pk}", QueryKind.IMAGE_ID, str(image.pk))
+    if query.storage_url:
+        try:
+            key = storage_key_from_url(query.storage_url, request_host=query.request_host)
+        except RefusedStorageUrl as exc:
+            raise _invalid("storage_url", str(exc)) from None
+        return _ResolvedQuery(_inspected(read_stored(key), "storage_url"), key, QueryKind.STORAGE_URL, key)
+    text = query.text or ""
+    return _ResolvedQuery(None, f"text:{text}", QueryKind.TEXT, text)
+
+
+def _check_codes(engine: str, image_type: str, product_code: str | None, defect_code: str | None) -> None:
+    if engine == IndexEngine.V2:
+        if product_code and product_get_by_code(product_code=product_code) is None:
+            raise _invalid("product_code", f"Unknown product code {product_code!r}.")
+        if defect_code and defect_type_get_by_code(defect_code=defect_code) is None:
+            raise _invalid("defect_code", f"Unknown defect code {defect_code!r}.")
+        return
+    # V1 has no catalog: a code is known if the legacy gallery has a file with it.
+    loaded = index_cache.get(engine=engine, image_type=image_type)
+    if loaded is not None:
+        if product_code and not len(loaded.ids_matching(product_code=product_code, defect_code=None)):
+            raise _invalid("product_code", f"Unknown product {product_code!r} in the legacy gallery.")
+        if defect_code and not len(loaded.ids_matching(product_code=None, defect_code=defect_code)):
+            raise _invalid("defect_code", f"Unknown defect {defect_code!r} in the legacy gallery.")
+
+
+def _v2_hit(record: dict[str, Any], score: float) -> V2Hit:
+    return V2Hit(
+        image_id=record["image_id"],
+        score=round(score, 6),
+        local_path=record["local_path"],
+        product_code=record["product_code"],
+        product_name=record["product_name"],
+        defect_code=record["defect_code"],
+        defect_name=record["defect_name"],
+        defect_name_en=record.get("defect_name_en"),
+        image_type=record["image_type"],
+    )
+
+
+def _v1_hit(record: dict[str, Any], score: float) -> V1Hit:
+    return V1Hit(
+        image_path=record["image_path"], score=round(score, 6), product=record["product"], defect=record["defect"]
+    )
+
+
+# --- search history -------------------------------------------------------------------------
+
+
+def search_log_record(*, query: SearchInput, kind: str, reference: str, result: SearchResult, user: Any) -> None:
+    """One history row per search. Never fails a search: while the database is down, searches are
+    answered from the local index and the row is lost (logged)."""
+    filters = {
+        "top_k": query.top_k,
+        "product_code": query.product_code or None,
+        "defect_code": query.defect_code or None,
+        "exclude_image_id": query.exclude_image_id,
+    }
+    try:
+        SearchLog.objects.create(
+            user_id=getattr(user, "pk", None),
+            source=query.source,
+            query_kind=kind,
+            query_ref=reference[:600],
+            image_type=query.image_type,
+            filters={k: v for k, v in filters.items() if v is not None},
+            engine=result.engine,
+            build_id=result.index.build_id,
+            result_ids=[hit.image_id if isinstance(hit, V2Hit) else hit.image_path for hit in result.hits],
+            scores=[hit.score for hit in result.hits],
+            latency_ms=round(result.elapsed_ms, 2),
+        )
+    except DatabaseError:
+        logger.warning("A search was answered but could not be written to the search history", exc_info=True)
+
+
+def search_log_purge(*, now: datetime | None = None) -> int:
+    """Delete history rows older than SIMSEARCH_SEARCH_LOG_DAYS."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.SIMSEARCH_SEARCH_LOG_DAYS)
+    deleted, _ = SearchLog.objects.filter(created_at__lt=cutoff).delete()
+    if deleted:
+        logger.info("Purged %s search history rows older than %s days", deleted, settings.SIMSEARCH_SEARCH_LOG_DAYS)
+    return deleted
