@@ -81,9 +81,12 @@ def _index_info(loaded: LoadedIndex) -> dict[str, Any]:
     }
 
 
-class SimilaritySearchApi(APIView):
+class SimilaritySearchApi(generics.GenericAPIView):
     """Find the catalog images most similar to a photo (or a text), from the active index."""
 
+    # A GenericAPIView with a serializer, so the browsable API offers an HTML form with a file
+    # field: a photo can be searched from the browser.
+    serializer_class = SimilaritySearchRequestSerializer
     parser_classes = [StrictMultiPartParser, StrictFormParser, BoundedJSONParser]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "search"

@@ -80,3 +80,9 @@ def test_staff_filter_and_export_the_history(client, staff_user, plain_api, inde
     assert export["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(export.content.decode())))
     assert [r["query_kind"] for r in rows] == ["text", "image_id"] and rows[0]["user"] == "line-pc"
+
+
+def test_the_browsable_search_page_offers_a_file_field(client, staff_user, indexed_gallery):
+    client.force_login(staff_user)
+    page = client.get("/api/search/similarity/", HTTP_ACCEPT="text/html").content.decode()
+    assert 'type="file"' in page and 'name="image"' in page and 'enctype="multipart/form-data"' in page
