@@ -7,13 +7,14 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.middleware.csrf import get_token
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from catalog.forms import BulkUploadForm, ImageAdminForm
 from catalog.image_validation import read_limited
-from catalog.models import DefectType, Image, Product
+from catalog.models import DefectType, Image, ImageType, Product
 from catalog.services import SkippedDuplicate, UploadedImage, image_delete, images_bulk_create, images_create
 from indexing.admin import REBUILD_ACTIONS
 from simsearch_project.errors import ServiceError
@@ -22,6 +23,14 @@ from simsearch_project.permissions import REBUILD_INDEX
 admin.site.site_header = "simsearch administration"
 admin.site.site_title = "simsearch"
 admin.site.index_title = "Catalog and index builds"
+
+
+def image_title(image: Image) -> str:
+    """What a person calls the image: "bracket-a · defect · scratch (image 42)"."""
+    parts = [image.product.product_code, image.image_type]
+    if image.defect_type_id is not None:
+        parts.append(image.defect_type.defect_code)
+    return f"{' · '.join(parts)} (image {image.pk})"
 
 
 class _NothingSaved(Exception):
@@ -41,37 +50,14 @@ def thumbnail_html(image: Image, size: int = 64) -> str:
     )
 
 
-class ImageInline(admin.TabularInline):
-    model = Image
-    fields = [
-        "picture",
-        "image_type",
-        "defect_type",
-        "width",
-        "height",
-        "uploaded_at",
-    ]
-    readonly_fields = fields
-    extra = 0
-    show_change_link = True
-    can_delete = False
-    max_num = 0
-    ordering = ["-uploaded_at"]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
-        return super().get_queryset(request).select_related("defect_type")
-
-    @admin.display(description="Image")
-    def picture(self, obj: Image) -> str:
-        return thumbnail_html(obj)
-
-
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
     list_display = ["product_code", "product_name", "image_count", "updated_at"]
     search_fields = ["product_code", "product_name"]
     ordering = ["product_code"]
-    inlines = [ImageInline]
+    # A product may have thousands of images: its page links to the image list filtered to it
+    # (paginated, with filters and search) instead of listing every image inline.
+    readonly_fields = ["images_link"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
         return super().get_queryset(request).annotate(image_count=Count("images"))
@@ -79,6 +65,21 @@ class ProductAdmin(admin.ModelAdmin):
     @admin.display(description="Images", ordering="image_count")
     def image_count(self, obj: Product) -> int:
         return obj.image_count  # type: ignore[attr-defined]
+
+    @admin.display(description="Images")
+    def images_link(self, obj: Product) -> str:
+        if obj.pk is None:
+            return "—"
+        count = getattr(obj, "image_count", None)
+        if count is None:  # an object not loaded through get_queryset
+            count = obj.images.count()
+        return format_html(
+            '<a href="{}?product__id__exact={}" id="product-images-link">{} image{} of this product</a>',
+            reverse("admin:catalog_image_changelist"),
+            obj.pk,
+            count,
+            "" if count == 1 else "s",
+        )
 
 
 @admin.register(DefectType)
@@ -138,31 +139,35 @@ class ImageAdmin(admin.ModelAdmin):
                 request.POST = post  # type: ignore[assignment]
         return super().changelist_view(request, extra_context)
 
+    # Set by the server (from the file, or by the API for query images), never typed by a person;
+    # their help text is in ImageAdminForm.Meta.help_texts.
+    RECORDED_FIELDS = ["width", "height", "file_size", "sha256", "uploaded_at"]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Image | None = None) -> list[str]:
-        recorded = ["preview", "width", "height", "file_size", "sha256", "uploaded_at"]
-        # The file of an existing image is fixed: a different picture is a different image.
-        return ["file", *recorded] if obj else recorded
+        if obj is None:
+            return ["preview", *self.RECORDED_FIELDS]
+        # Only what the image is of stays editable; the file is fixed (a different picture is a
+        # different image), and the rest was recorded when it arrived.
+        editable = {"image_type", "product", "defect_type"}
+        return [name for name in self.get_fields(request, obj) if name not in editable]
 
     def get_fields(self, request: HttpRequest, obj: Image | None = None) -> list[str]:
-        editable = [
-            "image_type",
-            "product",
-            "defect_type",
-            "preprocessing_config",
-            "expires_at",
-        ]
         if obj is None:
-            return ["file", *editable]
-        return [
-            "preview",
-            "file",
-            *editable,
-            "width",
-            "height",
-            "file_size",
-            "sha256",
-            "uploaded_at",
-        ]
+            return ["file", "image_type", "product", "defect_type", "preprocessing_config", "expires_at"]
+        fields = ["preview", "file", "image_type", "product", "defect_type"]
+        if obj.preprocessing_config:  # an empty {} says nothing
+            fields.append("preprocessing_config")
+        if obj.image_type == ImageType.QUERY_TEMP:  # catalog images neither expire nor have a registrant
+            fields += ["expires_at", "registered_by"]
+        return [*fields, *self.RECORDED_FIELDS]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        image = self.get_object(request, object_id)
+        if image is not None:  # an unknown id falls through to the admin's own redirect
+            extra_context = {**(extra_context or {}), "title": image_title(image), "subtitle": None}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="Image")
     def picture(self, obj: Image) -> str:
@@ -255,6 +260,23 @@ class ImageAdmin(admin.ModelAdmin):
             ),
         )
 
+    def _not_searchable_message(self, request: HttpRequest, count: int, image_type: str) -> str:
+        """New images join the search only with the next build: say so, and offer that build right
+        here to those who may start one (a POST to the index builds page's rebuild URL)."""
+        text = f"{count} image{'s are' if count != 1 else ' is'} not searchable until the next rebuild."
+        if not self.has_rebuild_permission(request):
+            return text
+        return format_html(
+            '{} <form method="post" action="{}" class="rebuild-after-upload" style="display:inline">'
+            '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
+            '<button type="submit" name="index_type" value="{}" class="button">Rebuild the {} index</button></form>',
+            text,
+            reverse("admin:indexing_indexbuild_rebuild"),
+            get_token(request),
+            image_type,
+            image_type,
+        )
+
     def bulk_upload_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_add_permission(request):
             return HttpResponse("You may not add images.", status=403)
@@ -274,6 +296,12 @@ class ImageAdmin(admin.ModelAdmin):
                 form.add_error(None, exc.message)
             else:
                 self.message_user(request, f"Uploaded {len(result.created)} images.", messages.SUCCESS)
+                if result.created:
+                    self.message_user(
+                        request,
+                        self._not_searchable_message(request, len(result.created), form.cleaned_data["image_type"]),
+                        messages.WARNING,
+                    )
                 if result.skipped:
                     self.message_user(request, self._skipped_message(result.skipped), messages.WARNING)
                 return HttpResponseRedirect(reverse("admin:catalog_image_changelist"))

@@ -35,6 +35,22 @@ class ImageAdminForm(forms.ModelForm):
             "preprocessing_config",
             "expires_at",
         ]
+        # The admin shows these under the read-only fields too (the model carries no help text,
+        # which would need a migration for words only).
+        help_texts = {
+            "preprocessing_config": "Optional notes (JSON) on how the photo was taken or prepared, kept with the "
+            "image as the uploader sent them; search does not use them.",
+            "expires_at": "When this temporary query image is deleted by the purge schedule; catalog images "
+            "(normal, defect) never expire.",
+            "registered_by": "The account that registered this temporary query image; only it and staff who may "
+            "view images can use it.",
+            "width": "Pixels, read from the file at upload.",
+            "height": "Pixels, read from the file at upload.",
+            "file_size": "Bytes of the stored file.",
+            "sha256": "Hash of the file's bytes: finds duplicate uploads and lets a rebuild reuse this "
+            "image's earlier embedding instead of computing it again.",
+            "uploaded_at": "When the file was stored.",
+        }
 
     def clean_file(self) -> Any:
         upload = self.cleaned_data.get("file")

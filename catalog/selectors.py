@@ -113,3 +113,8 @@ def image_aliases() -> list[ImageAlias]:
         for name, ids in sorted(users.items())
         if len(ids) > 1 and name in catalog_names
     ]
+
+
+def images_by_id(*, ids: Collection[int]) -> dict[int, Image]:
+    """id -> Image (file and preview only), in one query."""
+    return {image.pk: image for image in Image.objects.filter(pk__in=list(ids)).only("id", "file", "thumbnail")}

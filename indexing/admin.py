@@ -106,11 +106,13 @@ class IndexBuildAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_label(self, obj: IndexBuild) -> str:
-        colours = {"queued": "#777", "running": "#1a6fb0", "ready": "#2a7d2a", "failed": "#b02a2a"}
+        # Colours come from build_progress.css by class, so the page's script can restyle a row
+        # when the progress endpoint reports a new status.
         return format_html(
-            '<strong class="build-status" data-build="{}" style="color:{}">{}</strong>',
+            '<strong class="build-status build-status-{}" data-build="{}" data-image-type="{}">{}</strong>',
+            obj.status,
             obj.pk,
-            colours[obj.status],
+            obj.image_type,
             obj.get_status_display(),
         )
 
@@ -186,7 +188,16 @@ class IndexBuildAdmin(admin.ModelAdmin):
         return JsonResponse(
             {
                 "builds": [
-                    {"id": b.pk, "status": b.status, "done": b.progress_done, "total": b.progress_total}
+                    {
+                        "id": b.pk,
+                        "image_type": b.image_type,
+                        "status": b.status,
+                        # The label as the status column shows it, so the script need not know them.
+                        "status_label": b.get_status_display(),
+                        "is_active": b.is_active,
+                        "done": b.progress_done,
+                        "total": b.progress_total,
+                    }
                     for b in builds.distinct()
                 ]
             }

@@ -6,8 +6,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from catalog.media import serve_media
 from search_api.apis import healthz, readyz
+from search_api.console import search_console
+from simsearch_project.views import home
 
 urlpatterns = [
+    path("", home, name="home"),
+    # The staff search console lives in the admin (its login, its look) before the admin's own URLs.
+    path("admin/search/", admin.site.admin_view(search_console), name="search-console"),
     path("admin/", admin.site.urls),
     path("api/", include("catalog.urls")),
     path("api/", include("search_api.urls")),

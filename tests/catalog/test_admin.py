@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from catalog.models import Image, ImageType
 from catalog.services import image_create
+from indexing.models import IndexBuild
 from tests.helpers import image_bytes, stored_names
 
 pytestmark = pytest.mark.django_db
@@ -57,14 +63,58 @@ def test_changelist_filters_and_search(staff_client, product, scratch):
     assert staff_client.get(url, {"defect_type__id__exact": scratch.pk}).context["cl"].result_count == 2
 
 
-def test_product_page_has_an_inline_of_its_images(staff_client, product, scratch):
+def test_product_page_links_to_its_filtered_images_instead_of_listing_them(staff_client, product, scratch):
+    url = reverse("admin:catalog_product_change", args=[product.pk])
     add_images(product, scratch, 3)
-    page = staff_client.get(reverse("admin:catalog_product_change", args=[product.pk]))
-    assert page.status_code == 200
-    assert page.content.decode().count('alt="image ') == 3
-    few = changelist_queries(staff_client, reverse("admin:catalog_product_change", args=[product.pk]))
+    page = staff_client.get(url).content.decode()
+    link = f'href="{reverse("admin:catalog_image_changelist")}?product__id__exact={product.pk}"'
+    assert link in page and "3 images of this product" in page
+    assert 'alt="image ' not in page  # no thumbnails of the product's images on its own page
+    few = changelist_queries(staff_client, url)
     add_images(product, scratch, 10, start=3)
-    assert changelist_queries(staff_client, reverse("admin:catalog_product_change", args=[product.pk])) == few
+    assert changelist_queries(staff_client, url) == few
+    assert "13 images of this product" in staff_client.get(url).content.decode()
+    # The link lands on the image list showing exactly this product's images.
+    listed = staff_client.get(reverse("admin:catalog_image_changelist"), {"product__id__exact": product.pk})
+    assert listed.context["cl"].result_count == 13
+
+
+def test_image_change_page_has_a_readable_title_and_recorded_fields_read_only(staff_client, product, scratch):
+    image = image_create(data=image_bytes(seed=3), image_type=ImageType.DEFECT, product=product, defect_type=scratch)
+    response = staff_client.get(reverse("admin:catalog_image_change", args=[image.pk]))
+    page = response.content.decode()
+    assert f"<h1>bracket-a · defect · scratch (image {image.pk})</h1>" in page
+    form_fields = set(response.context["adminform"].form.fields)
+    assert form_fields == {"image_type", "product", "defect_type"}
+    for name in ["sha256", "width", "height", "file_size", "uploaded_at"]:
+        assert f"field-{name}" in page, name  # shown, read-only (not in the form above)
+    assert image.sha256 in page and "reuse this image" in page  # the hash is shown, with what it is for
+    # Meaningless for a catalog image: no expiry, no registrant, no empty JSON box.
+    for name in ["expires_at", "registered_by", "preprocessing_config"]:
+        assert f"field-{name}" not in page, name
+    # Editing what the image is of still works; a posted hash is ignored.
+    response = staff_client.post(
+        reverse("admin:catalog_image_change", args=[image.pk]),
+        {"image_type": "defect", "product": product.pk, "defect_type": scratch.pk, "sha256": "0" * 64},
+    )
+    assert response.status_code == 302
+    image.refresh_from_db()
+    assert image.sha256 != "0" * 64
+
+
+def test_query_image_page_shows_its_expiry_and_registrant(staff_client, product, staff_user):
+    image = image_create(
+        data=image_bytes(seed=4),
+        image_type=ImageType.QUERY_TEMP,
+        product=product,
+        defect_type=None,
+        expires_at=timezone.now() + timedelta(hours=24),
+    )
+    Image.objects.filter(pk=image.pk).update(registered_by=staff_user)
+    page = staff_client.get(reverse("admin:catalog_image_change", args=[image.pk])).content.decode()
+    assert f"<h1>bracket-a · query_temp (image {image.pk})</h1>" in page
+    assert "field-expires_at" in page and "purge schedule" in page
+    assert "field-registered_by" in page and staff_user.username in page
 
 
 def test_autocomplete_finds_products_and_defects(staff_client, product, scratch):
@@ -140,6 +190,41 @@ def test_bulk_upload_creates_many_images(any_storage, staff_client, product, scr
     assert response.status_code == 302
     assert Image.objects.filter(product=product, defect_type=scratch, image_type="defect").count() == 6
     assert len(stored_names()) == 12  # files and thumbnails
+
+
+def test_bulk_upload_says_the_images_wait_for_a_rebuild_and_offers_one(staff_client, product, scratch):
+    files = [SimpleUploadedFile(f"p{i}.jpg", image_bytes(seed=i)) for i in range(3)]
+    response = staff_client.post(
+        reverse("admin:catalog_image_bulk_upload"),
+        {"image_type": "defect", "product": product.pk, "defect_type": scratch.pk, "files": files},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "3 images are not searchable until the next rebuild." in page
+    form = re.search(r'<form method="post" action="([^"]+)" class="rebuild-after-upload".*?</form>', page, re.S)
+    assert form is not None and form.group(1) == reverse("admin:indexing_indexbuild_rebuild")
+    assert 'name="csrfmiddlewaretoken" value="' in form.group(0)
+    assert 'name="index_type" value="defect"' in form.group(0)
+    # Pressing it queues the defect build.
+    assert staff_client.post(form.group(1), {"index_type": "defect"}).status_code == 302
+    assert list(IndexBuild.objects.values_list("image_type", "status")) == [("defect", "queued")]
+
+
+def test_bulk_upload_offers_no_rebuild_button_without_the_permission(client, django_user_model, product):
+    editor = django_user_model.objects.create_user("catalog-editor", password="pw-editor-123", is_staff=True)
+    editor.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="catalog", codename__in=["add_image", "view_image"])
+    )
+    client.force_login(editor)
+    response = client.post(
+        reverse("admin:catalog_image_bulk_upload"),
+        {"image_type": "normal", "product": product.pk, "files": [SimpleUploadedFile("n.jpg", image_bytes(seed=9))]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert Image.objects.count() == 1
+    assert "1 image is not searchable until the next rebuild." in page
+    assert "rebuild-after-upload" not in page
 
 
 def test_bulk_upload_with_one_bad_file_uploads_nothing_and_names_it(staff_client, product, scratch):

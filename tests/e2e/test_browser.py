@@ -5,10 +5,14 @@ bar reach the end, see the build active, then find an uploaded photo through the
 from __future__ import annotations
 
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
+from django.db import connection
+from django.utils import timezone
 from playwright.sync_api import expect, sync_playwright
 from rest_framework.authtoken.models import Token
 
@@ -35,6 +39,20 @@ def pick_autocomplete(page, field: str, text: str) -> None:  # type: ignore[no-u
     page.click(f".field-{field} .select2-selection")
     page.fill(".select2-container--open .select2-search__field", text)
     page.click(f".select2-results__option:has-text('{text}')")
+
+
+def update_build(pk: int, **fields: object) -> None:
+    """Move a build row as a worker would, while Playwright's event loop runs in this thread
+    (Django refuses ORM calls there): from a thread of its own, on its own connection."""
+
+    def update() -> None:
+        try:
+            IndexBuild.objects.filter(pk=pk).update(**fields)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(update).result()
 
 
 def csp_violations(page) -> list[str]:  # type: ignore[no-untyped-def]
@@ -116,6 +134,50 @@ def test_staff_flow_in_a_browser(tmp_path: Path, django_user_model):
         assert requests.get(first["storage_url"], timeout=10).content == photos[4].read_bytes()
     assert (SCREENSHOTS / "build-page-start.png").stat().st_size > 0
     assert (SCREENSHOTS / "build-page-end.png").stat().st_size > 0
+
+
+def test_build_page_status_follows_the_progress_and_says_when_ready(tmp_path: Path, django_user_model):
+    """The status column changes with the progress bar (no reload needed), and a build that becomes
+    ready is announced in the page's live region, which survives the reload that follows. The row
+    is moved by hand, as a worker would, so each step is seen for certain."""
+    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by `make test` (see Makefile)"
+    django_user_model.objects.create_user("lead", password="pw-lead-123", is_staff=True, is_superuser=True)
+    build = IndexBuild.objects.create(image_type="defect", model_name="ViT-B-32", pretrained="untrained")
+    with running_gunicorn(tmp_path / "gunicorn.log", workers=1) as base:
+        playwright = sync_playwright().start()
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        blocked = csp_violations(page)
+        page.goto(f"{base}/admin/login/?next=/admin/indexing/indexbuild/")
+        page.fill("#id_username", "lead")
+        page.fill("#id_password", "pw-lead-123")
+        page.click("input[type=submit]")
+        status = page.locator(f'.build-status[data-build="{build.pk}"]')
+        expect(status).to_have_text("Queued")
+        # A marker a reload would wipe: the running step must be shown without one.
+        page.evaluate("window.notReloaded = true")
+        update_build(build.pk, status="running", progress_done=3, progress_total=6, heartbeat_at=timezone.now())
+        expect(status).to_have_text("Running", timeout=15_000)
+        expect(status).to_have_class(re.compile(r"build-status-running"))
+        assert page.locator(f'progress[data-build="{build.pk}"]').get_attribute("value") == "3"
+        assert page.evaluate("window.notReloaded") is True
+        expect(page.locator("#build-announcement")).to_be_empty()
+        update_build(
+            build.pk, status="ready", progress_done=6, is_active=True, vector_count=6, finished_at=timezone.now()
+        )
+        expect(page.locator("#build-announcement")).to_have_text(
+            f"Build {build.pk} (defect) is ready and now answers searches.", timeout=15_000
+        )
+        # After the reload (fresh counts and active flag) the message is still there, once.
+        expect(page.locator("td.field-counts").first).to_contain_text("6 · 0 · 0 · 0", timeout=15_000)
+        expect(page.locator("#build-announcement")).to_have_text(
+            f"Build {build.pk} (defect) is ready and now answers searches."
+        )
+        page.reload()
+        expect(page.locator("#build-announcement")).to_be_empty()
+        assert blocked == []
+        browser.close()
+        playwright.stop()
 
 
 def test_api_docs_render_offline_under_the_content_security_policy(tmp_path: Path):

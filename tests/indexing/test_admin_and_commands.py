@@ -9,11 +9,15 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 from django_q.models import OrmQ, Schedule
+from rest_framework.authtoken.models import Token
 
 from catalog.apps import PURGE_SCHEDULE
+from catalog.management.commands.serve_demo import demo_banner
 from catalog.models import DefectType, Image, Product
+from indexing.admin import UNTRAINED_WARNING
 from indexing.apps import STALE_BUILD_SCHEDULE
 from indexing.models import BuildStatus, IndexBuild
+from indexing.services import index_build_request
 from search_api.index_cache import index_cache
 from tests.helpers import image_bytes
 from tests.indexing.conftest import build_now
@@ -39,6 +43,42 @@ def test_rebuild_button_queues_builds_and_the_page_shows_progress(staff_client, 
     assert page.count('<progress class="build-progress"') == 2 and "Queued" in page
     progress = staff_client.get(reverse("admin:indexing_indexbuild_progress")).json()
     assert {b["id"] for b in progress["builds"]} == {b.pk for b in builds}
+
+
+def test_progress_reports_what_the_status_column_and_the_ready_message_need(staff_client, gallery):
+    """The page's script rewrites the status column and announces a ready build from this JSON."""
+    built = build_now()
+    (queued,) = index_build_request(index_type="normal")
+    page = staff_client.get(reverse("admin:indexing_indexbuild_changelist")).content.decode()
+    assert f'class="build-status build-status-queued" data-build="{queued.pk}"' in page
+    assert 'id="build-announcement" role="status" aria-live="polite"' in page
+    progress = staff_client.get(reverse("admin:indexing_indexbuild_progress"), {"id": [built.pk]}).json()
+    by_id = {b["id"]: b for b in progress["builds"]}
+    assert by_id[built.pk] == {
+        "id": built.pk,
+        "image_type": "defect",
+        "status": "ready",
+        "status_label": "Ready",
+        "is_active": True,
+        "done": 6,
+        "total": 6,
+    }
+    assert by_id[queued.pk]["status_label"] == "Queued" and by_id[queued.pk]["is_active"] is False
+
+
+def test_demo_banner_repeats_the_token_and_the_untrained_warning(settings):
+    settings.DEBUG = True  # create_demo_admin refuses otherwise
+    admin_out = StringIO()
+    call_command("create_demo_admin", stdout=admin_out)
+    token = Token.objects.get(user__username="admin").key
+    assert token in admin_out.getvalue()
+    settings.SIMSEARCH_PRETRAINED = "untrained"
+    banner = demo_banner("http://127.0.0.1:8000")
+    assert f"Authorization: Token {token}" in banner
+    assert "Start:     http://127.0.0.1:8000/\n" in banner
+    assert UNTRAINED_WARNING in banner
+    settings.SIMSEARCH_PRETRAINED = "laion2b_s34b_b79k"
+    assert UNTRAINED_WARNING not in demo_banner("http://127.0.0.1:8000")
 
 
 def test_rebuild_post_is_queued_on_the_real_broker(staff_client, gallery, django_capture_on_commit_callbacks):

@@ -10,6 +10,10 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
+
+from catalog.management.commands.create_demo_admin import PASSWORD, USERNAME
+from indexing.admin import UNTRAINED_WARNING
 
 
 class Command(BaseCommand):
@@ -32,19 +36,7 @@ class Command(BaseCommand):
         qcluster = subprocess.Popen(
             [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], start_new_session=True
         )
-        self.stdout.write(
-            "\n".join(
-                [
-                    "",
-                    "simsearch demo is starting (Ctrl-C stops the web server and the task queue).",
-                    f"  Admin:    {base}/admin/   (user admin, password admin)",
-                    f"  API:      {base}/api/",
-                    f"  API docs: {base}/api/docs/",
-                    f"  Data:     {settings.DATA_DIR}",
-                    "",
-                ]
-            )
-        )
+        self.stdout.write(demo_banner(base))
         try:
             call_command("runserver", f"{host}:{port}", use_reloader=False)
         except KeyboardInterrupt:
@@ -62,6 +54,28 @@ class Command(BaseCommand):
                     os.killpg(qcluster.pid, signal.SIGKILL)
                     qcluster.wait()
             self.stdout.write("Stopped the web server and the task queue.")
+
+
+def demo_banner(base: str) -> str:
+    """The last thing `make demo` prints before the server's own log: everything a first user
+    needs (the token and the weights warning were printed far up, before the index builds)."""
+    token = Token.objects.filter(user__username=USERNAME).values_list("key", flat=True).first()
+    lines = [
+        "",
+        "simsearch demo is starting (Ctrl-C stops the web server and the task queue).",
+        f"  Start:     {base}/",
+        f"  Admin:     {base}/admin/   (user {USERNAME}, password {PASSWORD})",
+        f"  API:       {base}/api/",
+        f"  API docs:  {base}/api/docs/",
+        f"  API token: Authorization: Token {token}" if token else "  API token: none (run create_demo_admin)",
+        f"  Data:      {settings.DATA_DIR}",
+    ]
+    # The literal, not indexing.embedder.UNTRAINED: importing the embedder loads torch into the
+    # web server's parent process. demo_weights' own banner scrolled away during the builds.
+    if settings.SIMSEARCH_PRETRAINED == "untrained":
+        lines.append(f"  WARNING:   {settings.SIMSEARCH_MODEL} runs on {UNTRAINED_WARNING}.")
+        lines.append("             Real weights: see the README section on model weights, then `make demo` again.")
+    return "\n".join([*lines, ""])
 
 
 def _check_port_free(host: str, port: int) -> None:

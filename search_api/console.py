@@ -1,0 +1,67 @@
+"""The staff search console in the admin (/admin/search/): a face of `search_run`, like the API.
+The view translates the form into a SearchInput and the SearchResult into result cards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from catalog.selectors import images_by_id
+from search_api.forms import SearchConsoleForm
+from search_api.services import SearchResult, V2Hit, search_run
+from simsearch_project.errors import ServiceError
+
+UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
+
+
+def search_console(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm("catalog.view_image"):
+        raise PermissionDenied
+    # "Find similar" links arrive as GET ?image_id=..; the form posts everything else.
+    data = request.POST if request.method == "POST" else (request.GET if "image_id" in request.GET else None)
+    form = SearchConsoleForm(data, request.FILES or None, admin_site=admin.site)
+    result: SearchResult | None = None
+    if data is not None and form.is_valid():
+        try:
+            result = search_run(query=form.search_input(request_host=request.get_host()), user=request.user)
+        except ValidationError as exc:
+            form.add_error(None, " ".join(exc.messages))
+        except ServiceError as exc:  # no index yet, model mismatch, storage down, ...
+            form.add_error(None, exc.message)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Search console",
+        "form": form,
+        "media": form.media,
+        "result": result,
+        "cards": _cards(result) if result else [],
+        "untrained_warning": UNTRAINED_WARNING if result and result.index.manifest.get("is_untrained") else "",
+    }
+    return TemplateResponse(request, "admin/search_console.html", context)
+
+
+def _cards(result: SearchResult) -> list[dict[str, Any]]:
+    rows = images_by_id(ids=[hit.image_id for hit in result.hits if isinstance(hit, V2Hit)])
+    cards = []
+    for rank, hit in enumerate(result.hits, start=1):
+        card: dict[str, Any] = {"rank": rank, "score": hit.score, "percent": max(0.0, min(100.0, hit.score * 100))}
+        if isinstance(hit, V2Hit):
+            image = rows.get(hit.image_id)
+            card |= {
+                "image_id": hit.image_id,
+                "product": f"{hit.product_code} — {hit.product_name}",
+                "defect": f"{hit.defect_code} — {hit.defect_name} / {hit.defect_name_en}" if hit.defect_code else "",
+                "preview_url": (image.thumbnail or image.file).url if image else "",
+                "file_url": image.file.url if image else "",
+                "change_url": reverse("admin:catalog_image_change", args=[hit.image_id]),
+                "similar_url": f"{reverse('search-console')}?image_id={hit.image_id}&exclude_self=on",
+            }
+        else:
+            card |= {"image_id": "", "product": hit.product, "defect": hit.defect or "", "path": hit.image_path}
+        cards.append(card)
+    return cards

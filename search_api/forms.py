@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.core.exceptions import ValidationError
+
+from catalog.image_validation import read_limited
+from catalog.models import DefectType, Image, Product
+from indexing.models import GalleryType
+from search_api.models import SearchSource
+from search_api.services import SearchInput
+
+
+class SearchConsoleForm(forms.Form):
+    """The staff console's query: a photo, a catalog image or a text, with filters."""
+
+    photo = forms.ImageField(required=False, help_text="A photo of the part (JPEG, PNG, BMP, TIFF, WEBP).")
+    image_id = forms.IntegerField(required=False, min_value=1, label="Catalog image id")
+    text = forms.CharField(required=False, max_length=500, help_text='e.g. "scratch on a metal surface"')
+    image_type = forms.ChoiceField(choices=GalleryType.choices, initial=GalleryType.DEFECT)
+    product = forms.ModelChoiceField(queryset=Product.objects.all(), required=False)
+    defect_type = forms.ModelChoiceField(queryset=DefectType.objects.all(), required=False)
+    top_k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results")
+    exclude_self = forms.BooleanField(
+        required=False, initial=True, label="Leave the query image itself out", help_text="For a catalog image."
+    )
+
+    def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for name in ("product", "defect_type"):  # autocomplete, like the rest of the admin
+            field = self.fields[name]
+            field.widget = AutocompleteSelect(Image._meta.get_field(name), admin_site)
+            field.queryset = field.queryset
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        given = [name for name in ("photo", "image_id", "text") if cleaned.get(name) not in (None, "")]
+        if len(given) != 1:
+            raise ValidationError("Give exactly one query: a photo, a catalog image id or a text.")
+        if cleaned.get("defect_type") and cleaned.get("image_type") == GalleryType.NORMAL:
+            self.add_error("defect_type", "Normal images have no defect type.")
+        return cleaned
+
+    def search_input(self, *, request_host: str) -> SearchInput:
+        data = self.cleaned_data
+        photo = data.get("photo")
+        image_id = data.get("image_id")
+        product, defect_type = data.get("product"), data.get("defect_type")
+        return SearchInput(
+            top_k=data["top_k"],
+            image_type=data["image_type"],
+            upload=read_limited(photo, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES) if photo else None,
+            upload_name=photo.name if photo else "upload",
+            image_id=image_id,
+            text=data.get("text") or None,
+            product_code=product.product_code if product else None,
+            defect_code=defect_type.defect_code if defect_type else None,
+            exclude_image_id=image_id if image_id and data.get("exclude_self") else None,
+            request_host=request_host,
+            source=SearchSource.CONSOLE,
+        )
