@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -35,6 +36,14 @@ def image_title(image: Image) -> str:
 
 class _NothingSaved(Exception):
     """Raised from save_model (which cannot return a response) to abort an add cleanly."""
+
+
+def similar_images_url(image: Image) -> str:
+    """The search console, asking for the images most like `image` (itself left out), in the
+    index of its own kind (a temporary query image is compared with defect images)."""
+    gallery = image.image_type if image.image_type in (ImageType.DEFECT, ImageType.NORMAL) else ImageType.DEFECT
+    query = urlencode({"image_id": image.pk, "exclude_self": "on", "image_type": gallery, "top_k": 10})
+    return f"{reverse('search-console')}?{query}"
 
 
 def thumbnail_html(image: Image, size: int = 64) -> str:
@@ -123,10 +132,18 @@ class ImageAdmin(admin.ModelAdmin):
     autocomplete_fields = ["product", "defect_type"]
     date_hierarchy = "uploaded_at"
     list_per_page = 50
-    actions = [*REBUILD_ACTIONS]
+    actions = ["find_similar", *REBUILD_ACTIONS]
+    change_form_template = "admin/catalog/image/change_form.html"
 
     def has_rebuild_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REBUILD_INDEX)
+
+    @admin.action(description="Find similar images (select one)", permissions=["view"])
+    def find_similar(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one image to find the ones like it.", messages.WARNING)
+            return None
+        return HttpResponseRedirect(similar_images_url(queryset.get()))
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # Rebuild actions act on whole galleries: let them run without a selection.
@@ -166,7 +183,12 @@ class ImageAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         image = self.get_object(request, object_id)
         if image is not None:  # an unknown id falls through to the admin's own redirect
-            extra_context = {**(extra_context or {}), "title": image_title(image), "subtitle": None}
+            extra_context = {
+                **(extra_context or {}),
+                "title": image_title(image),
+                "subtitle": None,
+                "similar_url": similar_images_url(image),
+            }
         return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="Image")

@@ -52,3 +52,21 @@ def test_the_console_needs_view_image_and_says_what_is_wrong(client, staff_user,
     assert "Give exactly one query" in empty.content.decode()
     no_index = client.post(CONSOLE, {"text": "dent", "image_type": "defect", "top_k": 5})
     assert "Run a rebuild" in no_index.content.decode()
+
+
+def test_find_similar_from_the_image_page_and_the_changelist(client, staff_user, indexed_gallery):
+    client.force_login(staff_user)
+    image_id = next(iter(indexed_gallery.images))
+    page = client.get(f"/admin/catalog/image/{image_id}/change/").content.decode()
+    link = f"/admin/search/?image_id={image_id}&amp;exclude_self=on&amp;image_type=defect&amp;top_k=10"
+    assert f'href="{link}"' in page
+    found = cards(client.get(link.replace("&amp;", "&")).content.decode())
+    assert len(found) == 10 and image_id not in [i for i, _ in found]
+    action = client.post("/admin/catalog/image/", {"action": "find_similar", "_selected_action": [str(image_id)]})
+    assert action.status_code == 302 and action["Location"] == link.replace("&amp;", "&")
+    two = client.post(
+        "/admin/catalog/image/",
+        {"action": "find_similar", "_selected_action": [str(i) for i in list(indexed_gallery.images)[:2]]},
+        follow=True,
+    )
+    assert "Select exactly one image" in two.content.decode()
