@@ -72,6 +72,9 @@ def test_upload_rebuild_search_register_over_http(tmp_path, tokens):
         )
         assert build["status"] == "ready", build["error"]
         assert build["progress_done"] == build["progress_total"] == 12
+        # Each gunicorn worker notices the new build at its next poll (SIMSEARCH_INDEX_POLL_SECONDS,
+        # 0.5 s here); until then a worker that last looked before the build was ready has none.
+        time.sleep(1.0)
 
         image_id, data = next(iter(uploaded.items()))
         found = wait_until(
