@@ -82,6 +82,15 @@ class ImageAdminForm(forms.ModelForm):
         return cleaned
 
 
+def use_image_autocomplete(form: forms.Form, admin_site: admin.AdminSite) -> None:
+    """Give a form's `product` and `defect_type` choices the admin's autocomplete, as on the
+    image pages (a plant has too many products for a plain select)."""
+    for name in ("product", "defect_type"):
+        field = form.fields[name]
+        field.widget = AutocompleteSelect(Image._meta.get_field(name), admin_site)
+        field.queryset = field.queryset  # binds the new widget's choices
+
+
 class MultipleFileInput(forms.ClearableFileInput):
     allow_multiple_selected = True
 
@@ -115,10 +124,7 @@ class BulkUploadForm(forms.Form):
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        for name in ("product", "defect_type"):
-            field = self.fields[name]
-            field.widget = AutocompleteSelect(Image._meta.get_field(name), admin_site)
-            field.queryset = field.queryset  # binds the new widget's choices
+        use_image_autocomplete(self, admin_site)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -38,7 +38,7 @@ from search_api.serializers import (
     WorkerImageRegisterResponseSerializer,
     WorkerImageRegisterSerializer,
 )
-from search_api.services import SearchInput, V1Hit, V2Hit, search_run
+from search_api.services import UNTRAINED_WARNING, SearchInput, V1Hit, V2Hit, search_run
 from simsearch_project.drf_defaults import BoundedJSONParser, StrictFormParser, StrictMultiPartParser
 from simsearch_project.errors import NotFound
 from simsearch_project.permissions import (
@@ -48,8 +48,6 @@ from simsearch_project.permissions import (
     CanRegisterQueryImage,
     CanViewIndexBuilds,
 )
-
-UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
 
 
 def _bad_request(field: str, message: str) -> serializers.ValidationError:

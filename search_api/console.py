@@ -13,10 +13,8 @@ from django.urls import reverse
 
 from catalog.selectors import images_by_id
 from search_api.forms import SearchConsoleForm
-from search_api.services import SearchResult, V2Hit, search_run
+from search_api.services import UNTRAINED_WARNING, SearchResult, V2Hit, search_run
 from simsearch_project.errors import ServiceError
-
-UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
 
 
 def search_console(request: HttpRequest) -> HttpResponse:

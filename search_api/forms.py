@@ -5,11 +5,11 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 
+from catalog.forms import use_image_autocomplete
 from catalog.image_validation import read_limited
-from catalog.models import DefectType, Image, Product
+from catalog.models import DefectType, Product
 from indexing.models import GalleryType
 from search_api.models import SearchSource
 from search_api.services import SearchInput
@@ -31,10 +31,7 @@ class SearchConsoleForm(forms.Form):
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        for name in ("product", "defect_type"):  # autocomplete, like the rest of the admin
-            field = self.fields[name]
-            field.widget = AutocompleteSelect(Image._meta.get_field(name), admin_site)
-            field.queryset = field.queryset
+        use_image_autocomplete(self, admin_site)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -30,6 +30,8 @@ from simsearch_project.errors import NotFound
 
 logger = logging.getLogger(__name__)
 
+UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
+
 
 @dataclass(frozen=True)
 class SearchInput:

@@ -112,27 +112,15 @@ def _user_saved(sender: Any, instance: Any, created: bool, update_fields: Any = 
     forget_users([instance.pk])
 
 
-def _user_groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+def _user_rights_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+    """A user's groups or permissions, changed from either side of the relation."""
     if action not in ("post_remove", "pre_clear"):
         return
-    if not reverse:  # user.groups.remove(...) / clear()
+    if not reverse:  # user.groups / user.user_permissions .remove(...) or .clear()
         forget_users([instance.pk])
-    elif action == "post_remove":  # group.user_set.remove(users)
+    elif action == "post_remove":  # group.user_set / permission.user_set .remove(users)
         forget_users(pk_set or ())
-    else:  # group.user_set.clear()
-        forget_users(instance.user_set.values_list("pk", flat=True))
-
-
-def _user_permissions_changed(
-    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
-) -> None:
-    if action not in ("post_remove", "pre_clear"):
-        return
-    if not reverse:  # user.user_permissions.remove(...) / clear()
-        forget_users([instance.pk])
-    elif action == "post_remove":  # permission.user_set.remove(users)
-        forget_users(pk_set or ())
-    else:
+    else:  # group.user_set / permission.user_set .clear()
         forget_users(instance.user_set.values_list("pk", flat=True))
 
 
@@ -163,10 +151,10 @@ def connect_signals() -> None:
     post_delete.connect(_token_deleted, sender=Token, dispatch_uid="credential_cache.token_deleted")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="credential_cache.user_saved")
     m2m_changed.connect(
-        _user_groups_changed, sender=user_model.groups.through, dispatch_uid="credential_cache.user_groups"
+        _user_rights_changed, sender=user_model.groups.through, dispatch_uid="credential_cache.user_groups"
     )
     m2m_changed.connect(
-        _user_permissions_changed,
+        _user_rights_changed,
         sender=user_model.user_permissions.through,
         dispatch_uid="credential_cache.user_permissions",
     )

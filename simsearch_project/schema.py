@@ -28,6 +28,13 @@ class ErrorSerializer(serializers.Serializer):
     errors = serializers.DictField(required=False, help_text="Field name -> messages, for invalid input.")
 
 
+# Answered by the HTTP server in front of Django (gunicorn, a proxy), as an HTML page.
+_URI_TOO_LONG = {
+    "description": "The URL (path and query string) is longer than the HTTP server accepts.",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+
+
 def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(response=ErrorSerializer, description=description)
 
@@ -46,7 +53,7 @@ class SimsearchAutoSchema(AutoSchema):
         for code, description in self._error_statuses().items():
             if code not in responses:
                 responses[code] = self._get_response_for_code(_error(description), code, direction=direction)
-        responses.setdefault("414", self._uri_too_long(direction))
+        responses.setdefault("414", _URI_TOO_LONG)
         return responses
 
     def _error_statuses(self) -> dict[str, str]:
@@ -65,10 +72,3 @@ class SimsearchAutoSchema(AutoSchema):
             statuses["429"] = "Too many requests; retry after the number of seconds in Retry-After."
         statuses["503"] = "The database, the storage, the model or the index is not available; retry later."
         return statuses
-
-    def _uri_too_long(self, direction: str) -> dict[str, Any]:
-        """Answered by the HTTP server in front of Django (gunicorn, a proxy), as an HTML page."""
-        return {
-            "description": "The URL (path and query string) is longer than the HTTP server accepts.",
-            "content": {"text/html": {"schema": {"type": "string"}}},
-        }
