@@ -74,6 +74,7 @@ class LoadedIndex:
     # for two products. A search asks FAISS for this many extra hits so that, keeping one hit per
     # picture, top_k distinct pictures still come back. Counted once, when the build is loaded.
     duplicate_vectors: int = field(init=False, default=0)
+    _ids_by_hash: dict[str, list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         hashes = [record["sha256"] for record in self.records.values() if record.get("sha256")]
@@ -90,6 +91,16 @@ class LoadedIndex:
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    def ids_with_hash(self, sha256: str) -> list[int]:
+        """Ids of the vectors of this picture (content hash); the map is made on first use."""
+        if self._ids_by_hash is None:
+            by_hash: dict[str, list[int]] = {}
+            for image_id, record in self.records.items():
+                if record.get("sha256"):
+                    by_hash.setdefault(record["sha256"], []).append(image_id)
+            self._ids_by_hash = by_hash
+        return self._ids_by_hash.get(sha256, [])
 
     def ids_matching(self, *, product_code: str | None, defect_code: str | None) -> np.ndarray | None:
         """Ids whose record has these codes (None = no filter at all)."""

@@ -177,14 +177,17 @@ def _v1_sources(image_type: str) -> tuple[list[GallerySource], list[tuple[str, s
     for position, legacy in enumerate(files):
         if legacy.image_type != image_type:
             continue
-        data = legacy.path.read_bytes()
+        sha256 = hashlib.sha256(legacy.path.read_bytes()).hexdigest()
         sources.append(
             GallerySource(
                 image_id=position,
-                sha256=hashlib.sha256(data).hexdigest(),
+                sha256=sha256,
                 read=lambda path=legacy.path: path.read_bytes(),
                 record={
                     "image_id": position,
+                    # The content hash matches a legacy file with its imported catalog row (the
+                    # console's engine comparison) and keeps identical files one picture in answers.
+                    "sha256": sha256,
                     "image_path": str(legacy.path),
                     "product": legacy.product,
                     "defect": legacy.defect,

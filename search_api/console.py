@@ -1,5 +1,6 @@
-"""The staff search console in the admin (/admin/search/): a face of `search_run`, like the API.
-The view translates the form into a SearchInput and the SearchResult into result cards."""
+"""The staff search console in the admin (/admin/search/): a face of `search_run` and
+`search_compare`, like the API. The view translates the form into a SearchInput and the answer
+into result cards."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from catalog.selectors import images_by_id
+from indexing.models import IndexEngine
+from indexing.selectors import active_builds
 from search_api.forms import SearchConsoleForm
-from search_api.services import UNTRAINED_WARNING, SearchResult, V2Hit, search_run
+from search_api.services import (
+    UNTRAINED_WARNING,
+    EngineComparison,
+    SearchResult,
+    V2Hit,
+    search_compare,
+    search_run,
+)
 from simsearch_project.errors import ServiceError
 
 
@@ -22,32 +32,50 @@ def search_console(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     # "Find similar" links arrive as GET ?image_id=..; the form posts everything else.
     data = request.POST if request.method == "POST" else (request.GET if "image_id" in request.GET else None)
-    form = SearchConsoleForm(data, request.FILES or None, admin_site=admin.site)
+    active = active_builds()
+    compare_available = any(
+        (IndexEngine.V1, image_type) in active for engine, image_type in active if engine == IndexEngine.V2
+    )
+    form = SearchConsoleForm(data, request.FILES or None, admin_site=admin.site, compare_available=compare_available)
     result: SearchResult | None = None
+    comparison: EngineComparison | None = None
     if data is not None and form.is_valid():
+        query = form.search_input(request_host=request.get_host())
         try:
-            result = search_run(query=form.search_input(request_host=request.get_host()), user=request.user)
+            if form.cleaned_data["compare"]:
+                comparison = search_compare(query=query, user=request.user)
+            else:
+                result = search_run(query=query, user=request.user)
         except ValidationError as exc:
             form.add_error(None, " ".join(exc.messages))
         except ServiceError as exc:  # no index yet, model mismatch, storage down, ...
             form.add_error(None, exc.message)
+    answers = [result] if result else [comparison.v2, comparison.v1] if comparison else []
+    shared = comparison.shared if comparison else frozenset()
     context = {
         **admin.site.each_context(request),
         "title": "Search console",
         "form": form,
         "media": form.media,
-        "result": result,
-        "cards": _cards(result) if result else [],
-        "untrained_warning": UNTRAINED_WARNING if result and result.index.manifest.get("is_untrained") else "",
+        "comparison": comparison,
+        "answers": [{"result": answer, "cards": _cards(answer, shared)} for answer in answers],
+        "untrained_warning": UNTRAINED_WARNING
+        if any(answer.index.manifest.get("is_untrained") for answer in answers)
+        else "",
     }
     return TemplateResponse(request, "admin/search_console.html", context)
 
 
-def _cards(result: SearchResult) -> list[dict[str, Any]]:
+def _cards(result: SearchResult, shared: frozenset[str]) -> list[dict[str, Any]]:
     rows = images_by_id(ids=[hit.image_id for hit in result.hits if isinstance(hit, V2Hit)])
     cards = []
     for rank, hit in enumerate(result.hits, start=1):
-        card: dict[str, Any] = {"rank": rank, "score": hit.score, "percent": max(0.0, min(100.0, hit.score * 100))}
+        card: dict[str, Any] = {
+            "rank": rank,
+            "score": hit.score,
+            "percent": max(0.0, min(100.0, hit.score * 100)),
+            "shared": hit.sha256 in shared,
+        }
         if isinstance(hit, V2Hit):
             image = rows.get(hit.image_id)
             card |= {

@@ -27,6 +27,9 @@ class SearchQuery:
     product_code: str | None = None
     defect_code: str | None = None
     exclude_image_id: int | None = None
+    # Leave out every vector of this picture (the query's own content hash): how a legacy (V1)
+    # index, which has no image ids, leaves the query image itself out.
+    exclude_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,16 +75,20 @@ def similarity_search(query: SearchQuery) -> SearchOutcome:
     else:
         vector = embedder.encode_texts([query.text or ""])
     allowed = loaded.ids_matching(product_code=query.product_code, defect_code=query.defect_code)
-    if query.exclude_image_id is not None:
+    excluded = [query.exclude_image_id] if query.exclude_image_id is not None else []
+    if query.exclude_sha256:
+        excluded += loaded.ids_with_hash(query.exclude_sha256)
+    if excluded:
         base = allowed if allowed is not None else np.fromiter(loaded.records, dtype=np.int64)
-        allowed = base[base != query.exclude_image_id]
+        allowed = base[~np.isin(base, excluded)]
     hits = search(loaded.index, vector[0], query.top_k + loaded.duplicate_vectors, allowed_ids=allowed)
     return SearchOutcome(index=loaded, hits=distinct_pictures(loaded, hits, query.top_k))
 
 
 def distinct_pictures(loaded: LoadedIndex, hits: list[tuple[int, float]], top_k: int) -> list[tuple[int, float]]:
     """The best hit of each picture (content hash), up to top_k: identical bytes catalogued for
-    two products are one picture and take one place. Hits without a hash (V1) are all kept."""
+    two products (or two legacy file names) are one picture and take one place. Hits without a
+    hash (V1 builds made before records carried one) are all kept."""
     seen: set[str] = set()
     kept: list[tuple[int, float]] = []
     for image_id, score in hits:

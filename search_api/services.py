@@ -1,6 +1,6 @@
-"""Similarity search as one service for every face that asks it (the API today; the admin
-console next): a typed query in, typed hits out, and a row in the search history. The faces only
-translate their input into a `SearchInput` and the `SearchResult` into their output."""
+"""Similarity search as one service for every face that asks it (the API and the admin console):
+a typed query in, typed hits out, and a row in the search history. The faces only translate their
+input into a `SearchInput` and the `SearchResult` (or `EngineComparison`) into their output."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from indexing.models import IndexEngine
 from indexing.selectors import serving_engine
 from search_api.index_cache import index_cache
 from search_api.models import QueryKind, SearchLog, SearchSource
-from search_api.search import SearchQuery, similarity_search
+from search_api.search import SearchQuery, serving_index, similarity_search
 from simsearch_project.errors import NotFound
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class V2Hit:
     defect_name: str | None
     defect_name_en: str | None
     image_type: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class V1Hit:
     score: float
     product: str
     defect: str | None
+    sha256: str | None  # None in V1 builds made before records carried the content hash
 
 
 @dataclass(frozen=True)
@@ -83,19 +85,116 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class LabelDisagreement:
+    """One picture (same bytes) that the legacy file name and the catalog label differently."""
+
+    sha256: str
+    image_path: str
+    file_product: str
+    file_defect: str | None
+    image_id: int
+    product_code: str
+    defect_code: str | None
+
+
+@dataclass(frozen=True)
+class EngineComparison:
+    """The same query answered by the V2 (catalog) and the V1 (legacy folder) index: the seed's
+    migration sign-off ("compare the results, then switch")."""
+
+    v2: SearchResult
+    v1: SearchResult
+    # Pictures (content hashes) in both answers.
+    shared: frozenset[str]
+    # Pictures in either answer whose file-name labels and catalog labels differ.
+    disagreements: list[LabelDisagreement]
+    # False when the V1 build predates content hashes in its records: nothing can be matched.
+    comparable: bool
+
+    @property
+    def overlap(self) -> int:
+        return len(self.shared)
+
+
+@dataclass(frozen=True)
 class _ResolvedQuery:
     image: bytes | None
     label: str
     kind: str
     reference: str
 
+    @property
+    def sha256(self) -> str | None:
+        return hashlib.sha256(self.image).hexdigest() if self.image is not None else None
+
 
 def search_run(*, query: SearchInput, user: Any) -> SearchResult:
     """Resolve the query (read the photo, check it and the codes), search the serving index and
     record the search. Raises ValidationError (400), NotFound, or the errors of `similarity_search`."""
     started = time.perf_counter()
-    engine = serving_engine(settings.USE_INDEX_V2)
     resolved = _resolve(query, user)
+    result = _search(serving_engine(settings.USE_INDEX_V2), query, resolved, started=started)
+    search_log_record(query=query, kind=resolved.kind, reference=resolved.reference, result=result, user=user)
+    return result
+
+
+def search_compare(*, query: SearchInput, user: Any) -> EngineComparison:
+    """Answer the query from both engines' active indexes (each search is recorded), whatever
+    USE_INDEX_V2 says, and compare the answers picture by picture (content hash)."""
+    for engine in (IndexEngine.V2, IndexEngine.V1):
+        serving_index(engine=engine, image_type=query.image_type)  # both exist, or a 503 that says which
+    resolved = _resolve(query, user)
+    results: dict[str, SearchResult] = {}
+    for engine in (IndexEngine.V2, IndexEngine.V1):
+        started = time.perf_counter()
+        # A legacy index has no image ids: the query image itself is left out by its content hash.
+        exclude_sha256 = resolved.sha256 if engine == IndexEngine.V1 and query.exclude_image_id else None
+        results[engine] = _search(engine, query, resolved, started=started, exclude_sha256=exclude_sha256)
+        search_log_record(
+            query=query, kind=resolved.kind, reference=resolved.reference, result=results[engine], user=user
+        )
+    v2, v1 = results[IndexEngine.V2], results[IndexEngine.V1]
+    comparable = all(hit.sha256 for hit in v1.hits)
+    v2_hashes = {hit.sha256 for hit in v2.hits}
+    return EngineComparison(
+        v2=v2,
+        v1=v1,
+        shared=frozenset(hit.sha256 for hit in v1.hits if hit.sha256 in v2_hashes),
+        disagreements=label_disagreements(v2, v1) if comparable else [],
+        comparable=comparable,
+    )
+
+
+def label_disagreements(v2: SearchResult, v1: SearchResult) -> list[LabelDisagreement]:
+    """For every picture in either answer, its legacy files and catalog rows anywhere in the two
+    indexes whose labels differ. Labels compare as `import_legacy_gallery` maps them: the file's
+    product is the product code, its defect the defect code (none for a normal part)."""
+    hashes = dict.fromkeys([hit.sha256 for hit in v2.hits] + [hit.sha256 for hit in v1.hits if hit.sha256])
+    found = []
+    for sha256 in hashes:
+        for legacy_id in v1.index.ids_with_hash(sha256):
+            legacy = v1.index.records[legacy_id]
+            file_defect = None if legacy["image_type"] == "normal" else legacy["defect"]
+            for catalog_id in v2.index.ids_with_hash(sha256):
+                row = v2.index.records[catalog_id]
+                if (legacy["product"], file_defect) != (row["product_code"], row["defect_code"]):
+                    found.append(
+                        LabelDisagreement(
+                            sha256=sha256,
+                            image_path=legacy["image_path"],
+                            file_product=legacy["product"],
+                            file_defect=file_defect,
+                            image_id=row["image_id"],
+                            product_code=row["product_code"],
+                            defect_code=row["defect_code"],
+                        )
+                    )
+    return found
+
+
+def _search(
+    engine: str, query: SearchInput, resolved: _ResolvedQuery, *, started: float, exclude_sha256: str | None = None
+) -> SearchResult:
     product_code, defect_code = query.product_code or None, query.defect_code or None
     _check_codes(engine, query.image_type, product_code, defect_code)
     outcome = similarity_search(
@@ -107,7 +206,8 @@ def search_run(*, query: SearchInput, user: Any) -> SearchResult:
             engine=engine,
             product_code=product_code,
             defect_code=defect_code,
-            exclude_image_id=query.exclude_image_id,
+            exclude_image_id=query.exclude_image_id if engine == IndexEngine.V2 else None,
+            exclude_sha256=exclude_sha256,
         )
     )
     records = outcome.index.records
@@ -116,15 +216,13 @@ def search_run(*, query: SearchInput, user: Any) -> SearchResult:
         hits = [_v1_hit(records[i], score) for i, score in outcome.hits]
     else:
         hits = [_v2_hit(records[i], score) for i, score in outcome.hits]
-    result = SearchResult(
+    return SearchResult(
         engine=engine,
         query_label=resolved.label,
         index=outcome.index,
         hits=hits,
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
-    search_log_record(query=query, kind=resolved.kind, reference=resolved.reference, result=result, user=user)
-    return result
 
 
 def _invalid(field: str, message: str) -> ValidationError:
@@ -186,12 +284,17 @@ def _v2_hit(record: dict[str, Any], score: float) -> V2Hit:
         defect_name=record["defect_name"],
         defect_name_en=record.get("defect_name_en"),
         image_type=record["image_type"],
+        sha256=record["sha256"],
     )
 
 
 def _v1_hit(record: dict[str, Any], score: float) -> V1Hit:
     return V1Hit(
-        image_path=record["image_path"], score=round(score, 6), product=record["product"], defect=record["defect"]
+        image_path=record["image_path"],
+        score=round(score, 6),
+        product=record["product"],
+        defect=record["defect"],
+        sha256=record.get("sha256"),
     )
 
 

@@ -52,3 +52,19 @@ def test_identical_bytes_for_two_products_come_back_once(staff_api, product):
         "/api/search/similarity/", {"image_id": twins[0].pk, "top_k": 2, "product_code": "gear-b"}, format="json"
     )
     assert [r["image_id"] for r in filtered.json()["results"]] == [twins[1].pk]
+
+
+def test_identical_legacy_files_under_two_names_are_one_picture_in_a_v1_answer(settings, tmp_path, staff_api):
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    twin = image_bytes(seed=1, size=(72, 72))
+    (folder / "prod1_dent_1.png").write_bytes(twin)
+    (folder / "prod1_scratch_2.png").write_bytes(twin)
+    for seed in range(2, 5):
+        (folder / f"prod1_dent_{seed + 10}.png").write_bytes(image_bytes(seed=seed, size=(72, 72)))
+    settings.USE_INDEX_V2 = False
+    settings.INDEX_DIR_V1 = str(folder)
+    assert build_now(engine="v1").vector_count == 5
+    response = staff_api.post("/api/search/similarity/", {"text": "part", "top_k": 10}, format="json")
+    names = [r["image_path"].rsplit("/", 1)[-1] for r in response.json()["results"]]
+    assert len(names) == 4 and len({"prod1_dent_1.png", "prod1_scratch_2.png"} & set(names)) == 1, names
