@@ -1,7 +1,8 @@
 // Search console: a photo can be dropped on the form or pasted from the clipboard (Ctrl+V), as
 // well as picked with the file field. Either way it lands in that file field and is posted with the
 // form, so the server sees one and the same upload.
-(function () {
+// Loaded in the page's head with the form's media: it waits for the form.
+document.addEventListener("DOMContentLoaded", function () {
   "use strict";
   const translate = window.gettext || function (text) { return text; };
   const input = document.getElementById("id_photo");
@@ -57,4 +58,4 @@
       event.preventDefault();
     }
   });
-})();
+});
