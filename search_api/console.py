@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.translation import gettext as _
 
 from catalog.selectors import images_by_id
 from indexing.models import IndexEngine
@@ -54,7 +55,7 @@ def search_console(request: HttpRequest) -> HttpResponse:
     shared = comparison.shared if comparison else frozenset()
     context = {
         **admin.site.each_context(request),
-        "title": "Search console",
+        "title": _("Search console"),
         "form": form,
         "media": form.media,
         "comparison": comparison,

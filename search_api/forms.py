@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext_lazy as _
 
 from catalog.forms import use_image_autocomplete
 from catalog.image_validation import read_limited
@@ -18,21 +19,30 @@ from search_api.services import SearchInput
 class SearchConsoleForm(forms.Form):
     """The staff console's query: a photo, a catalog image or a text, with filters."""
 
-    photo = forms.ImageField(required=False, help_text="A photo of the part (JPEG, PNG, BMP, TIFF, WEBP).")
-    image_id = forms.IntegerField(required=False, min_value=1, label="Catalog image id")
-    text = forms.CharField(required=False, max_length=500, help_text='e.g. "scratch on a metal surface"')
-    image_type = forms.ChoiceField(choices=GalleryType.choices, initial=GalleryType.DEFECT)
-    product = forms.ModelChoiceField(queryset=Product.objects.all(), required=False)
-    defect_type = forms.ModelChoiceField(queryset=DefectType.objects.all(), required=False)
-    top_k = forms.IntegerField(min_value=1, max_value=100, initial=10, label="Results")
+    photo = forms.ImageField(
+        required=False, label=_("Photo"), help_text=_("A photo of the part (JPEG, PNG, BMP, TIFF, WEBP).")
+    )
+    image_id = forms.IntegerField(required=False, min_value=1, label=_("Catalog image id"))
+    text = forms.CharField(
+        required=False, max_length=500, label=_("Text"), help_text=_('e.g. "scratch on a metal surface"')
+    )
+    image_type = forms.ChoiceField(label=_("Image type"), choices=GalleryType.choices, initial=GalleryType.DEFECT)
+    product = forms.ModelChoiceField(label=_("Product"), queryset=Product.objects.all(), required=False)
+    defect_type = forms.ModelChoiceField(label=_("Defect type"), queryset=DefectType.objects.all(), required=False)
+    top_k = forms.IntegerField(min_value=1, max_value=100, initial=10, label=_("Results"))
     exclude_self = forms.BooleanField(
-        required=False, initial=True, label="Leave the query image itself out", help_text="For a catalog image."
+        required=False,
+        initial=True,
+        label=_("Leave the query image itself out"),
+        help_text=_("For a catalog image."),
     )
     compare = forms.BooleanField(
         required=False,
-        label="Compare engines",
-        help_text="Answer from the V2 (catalog) and the V1 (legacy folder) index side by side, "
-        "with their overlap and the pictures whose file-name and catalog labels disagree.",
+        label=_("Compare engines"),
+        help_text=_(
+            "Answer from the V2 (catalog) and the V1 (legacy folder) index side by side, "
+            "with their overlap and the pictures whose file-name and catalog labels disagree."
+        ),
     )
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, compare_available: bool, **kwargs: Any):
@@ -42,7 +52,7 @@ class SearchConsoleForm(forms.Form):
             # Greyed out in the page only: a compare that arrives anyway (the builds changed since
             # the page was drawn) is answered with the service's reason, not quietly as one search.
             self.fields["compare"].widget.attrs["disabled"] = True
-            self.fields["compare"].help_text = (
+            self.fields["compare"].help_text = _(
                 "Needs an active V1 and an active V2 build of the same image type: build the legacy "
                 "folder (INDEX_DIR_V1) on the Index builds page."
             )
@@ -54,9 +64,9 @@ class SearchConsoleForm(forms.Form):
         cleaned = super().clean()
         given = [name for name in ("photo", "image_id", "text") if cleaned.get(name) not in (None, "")]
         if len(given) != 1:
-            raise ValidationError("Give exactly one query: a photo, a catalog image id or a text.")
+            raise ValidationError(_("Give exactly one query: a photo, a catalog image id or a text."))
         if cleaned.get("defect_type") and cleaned.get("image_type") == GalleryType.NORMAL:
-            self.add_error("defect_type", "Normal images have no defect type.")
+            self.add_error("defect_type", _("Normal images have no defect type."))
         return cleaned
 
     def search_input(self, *, request_host: str) -> SearchInput:

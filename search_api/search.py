@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from django.utils.translation import gettext as _
 
 from indexing.artifacts import LoadedIndex
 from indexing.embedder import WeightsUnavailable
@@ -42,8 +43,11 @@ def serving_index(*, engine: str, image_type: str) -> LoadedIndex:
     loaded = index_cache.get(engine=engine, image_type=image_type)
     if loaded is None:
         raise ServiceUnavailable(
-            f"There is no active {engine} {image_type} index yet. Run a rebuild: the admin's Index builds page, "
-            "POST /api/index/rebuild/, or `manage.py rebuild_index`.",
+            _(
+                "There is no active %(engine)s %(image_type)s index yet. Run a rebuild: the admin's Index builds "
+                "page, POST /api/index/rebuild/, or `manage.py rebuild_index`."
+            )
+            % {"engine": engine, "image_type": image_type},
             code="no_index",
         )
     return loaded
@@ -56,22 +60,37 @@ def similarity_search(query: SearchQuery) -> SearchOutcome:
     except WeightsUnavailable as exc:
         logger.error("The search model could not be loaded: %s", exc)
         raise ServiceUnavailable(
-            "The search model could not be loaded; check SIMSEARCH_MODEL and SIMSEARCH_PRETRAINED "
-            "(the server log says why).",
+            _(
+                "The search model could not be loaded; check SIMSEARCH_MODEL and SIMSEARCH_PRETRAINED "
+                "(the server log says why)."
+            ),
             code="model_unavailable",
         ) from exc
     if embedder.fingerprint != loaded.fingerprint:
         raise Conflict(
-            f"The active {query.image_type} index (build {loaded.build_id}) was made with model "
-            f"{loaded.manifest.get('model_name')} ({loaded.manifest.get('pretrained')}), but this server embeds "
-            f"queries with {embedder.model_name} ({embedder.pretrained}). Rebuild the index so both match.",
+            _(
+                "The active %(image_type)s index (build %(build)s) was made with model %(index_model)s "
+                "(%(index_weights)s), but this server embeds queries with %(model)s (%(weights)s). Rebuild the "
+                "index so both match."
+            )
+            % {
+                "image_type": query.image_type,
+                "build": loaded.build_id,
+                "index_model": loaded.manifest.get("model_name"),
+                "index_weights": loaded.manifest.get("pretrained"),
+                "model": embedder.model_name,
+                "weights": embedder.pretrained,
+            },
             code="model_mismatch",
         )
     if query.image is not None:
         try:
             vector = embedder.encode_image_bytes(query.image)
         except Exception as exc:  # validated upstream; a decoder can still refuse odd files
-            raise ServiceError(f"The query image could not be decoded ({safe_reason(exc)}).", code="bad_image") from exc
+            raise ServiceError(
+                _("The query image could not be decoded (%(reason)s).") % {"reason": safe_reason(exc)},
+                code="bad_image",
+            ) from exc
     else:
         vector = embedder.encode_texts([query.text or ""])
     allowed = loaded.ids_matching(product_code=query.product_code, defect_code=query.defect_code)

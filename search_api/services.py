@@ -15,6 +15,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from catalog.selectors import defect_type_get_by_code, image_list_visible_to, product_get_by_code
 from catalog.services import image_inspect
@@ -30,7 +32,9 @@ from simsearch_project.errors import NotFound
 
 logger = logging.getLogger(__name__)
 
-UNTRAINED_WARNING = "This index was built with untrained (random) weights: similarity scores are not meaningful."
+UNTRAINED_WARNING = gettext_lazy(
+    "This index was built with untrained (random) weights: similarity scores are not meaningful."
+)
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,7 @@ def _resolve(query: SearchInput, user: Any) -> _ResolvedQuery:
         # Another client's temporary image is not this user's to search with (nor to learn of).
         image = image_list_visible_to(user=user).filter(pk=query.image_id).first()
         if image is None:
-            raise NotFound(f"No catalog image with id {query.image_id}.")
+            raise NotFound(_("No catalog image with id %(id)s.") % {"id": query.image_id})
         return _ResolvedQuery(read_stored(image.file.name), f"image_id:{image.pk}", QueryKind.IMAGE_ID, str(image.pk))
     if query.storage_url:
         try:
@@ -260,17 +264,19 @@ def _resolve(query: SearchInput, user: Any) -> _ResolvedQuery:
 def _check_codes(engine: str, image_type: str, product_code: str | None, defect_code: str | None) -> None:
     if engine == IndexEngine.V2:
         if product_code and product_get_by_code(product_code=product_code) is None:
-            raise _invalid("product_code", f"Unknown product code {product_code!r}.")
+            raise _invalid("product_code", _("Unknown product code “%(code)s”.") % {"code": product_code})
         if defect_code and defect_type_get_by_code(defect_code=defect_code) is None:
-            raise _invalid("defect_code", f"Unknown defect code {defect_code!r}.")
+            raise _invalid("defect_code", _("Unknown defect code “%(code)s”.") % {"code": defect_code})
         return
     # V1 has no catalog: a code is known if the legacy gallery has a file with it.
     loaded = index_cache.get(engine=engine, image_type=image_type)
     if loaded is not None:
         if product_code and not len(loaded.ids_matching(product_code=product_code, defect_code=None)):
-            raise _invalid("product_code", f"Unknown product {product_code!r} in the legacy gallery.")
+            raise _invalid(
+                "product_code", _("Unknown product “%(code)s” in the legacy gallery.") % {"code": product_code}
+            )
         if defect_code and not len(loaded.ids_matching(product_code=None, defect_code=defect_code)):
-            raise _invalid("defect_code", f"Unknown defect {defect_code!r} in the legacy gallery.")
+            raise _invalid("defect_code", _("Unknown defect “%(code)s” in the legacy gallery.") % {"code": defect_code})
 
 
 def _v2_hit(record: dict[str, Any], score: float) -> V2Hit:
