@@ -13,7 +13,14 @@ CHROMIUM := /usr/bin/chromium
 CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv test lint demo demo-data clean
+# Translations: locale/<lang>/LC_MESSAGES/*.po are in git, the compiled .mo files are not; `messages`
+# compiles them with Django's compilemessages, which needs GNU gettext's msgfmt (Debian's gettext).
+# Both commands walk the tree from here: the venv (a dot folder) and var/ are left out.
+MSGFMT := /usr/bin/msgfmt
+I18N_ENV := DJANGO_DEBUG=true SIMSEARCH_DATA_DIR=$(CURDIR)/var/i18n SIMSEARCH_STORAGE=local
+MAKEMESSAGES_ARGS := -l ko --add-location=file --no-obsolete --ignore=var --ignore=tests --ignore=benchmarks
+
+.PHONY: venv test lint demo demo-data messages makemessages clean
 
 venv: $(VENV)/.installed
 
@@ -27,14 +34,27 @@ $(CHROMIUM) $(CJK_FONT):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk
 
-test: venv $(CHROMIUM) $(CJK_FONT)
+$(MSGFMT):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gettext
+
+# Compile the .po files to .mo (only those that changed).
+messages: venv $(MSGFMT)
+	$(I18N_ENV) $(PY) manage.py compilemessages --ignore='.*' --ignore=var
+
+# After marking new strings: collect them into the .po files, then translate every new msgid there.
+makemessages: venv $(MSGFMT)
+	$(I18N_ENV) $(PY) manage.py makemessages $(MAKEMESSAGES_ARGS)
+	$(I18N_ENV) $(PY) manage.py makemessages -d djangojs $(MAKEMESSAGES_ARGS)
+
+test: venv messages $(CHROMIUM) $(CJK_FONT)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-demo-data: venv
+demo-data: venv messages
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput
 	$(DEMO_ENV) $(PY) manage.py create_demo_admin
 	$(DEMO_ENV) $(PY) manage.py create_roles
@@ -47,4 +67,5 @@ demo: demo-data
 	$(DEMO_ENV) SIMSEARCH_PRETRAINED="$$weights" $(PY) manage.py serve_demo --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf var/demo var/test
+	rm -rf var/demo var/test var/i18n
+	find locale -name '*.mo' -delete

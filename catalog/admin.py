@@ -12,6 +12,8 @@ from django.middleware.csrf import get_token
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from catalog.forms import BulkUploadForm, ImageAdminForm
 from catalog.image_validation import read_limited
@@ -21,9 +23,9 @@ from indexing.admin import REBUILD_ACTIONS
 from simsearch_project.errors import ServiceError
 from simsearch_project.permissions import REBUILD_INDEX
 
-admin.site.site_header = "simsearch administration"
+admin.site.site_header = _("simsearch administration")
 admin.site.site_title = "simsearch"
-admin.site.index_title = "Catalog and index builds"
+admin.site.index_title = _("Catalog and index builds")
 
 
 def image_title(image: Image) -> str:
@@ -31,7 +33,7 @@ def image_title(image: Image) -> str:
     parts = [image.product.product_code, image.image_type]
     if image.defect_type_id is not None:
         parts.append(image.defect_type.defect_code)
-    return f"{' · '.join(parts)} (image {image.pk})"
+    return gettext("%(labels)s (image %(id)s)") % {"labels": " · ".join(parts), "id": image.pk}
 
 
 class _NothingSaved(Exception):
@@ -51,11 +53,11 @@ def thumbnail_html(image: Image, size: int = 64) -> str:
     if not image.file:
         return "—"
     return format_html(
-        '<img src="{}" loading="lazy" style="max-width:{}px;max-height:{}px;border:1px solid #ccc" alt="image {}">',
+        '<img src="{}" loading="lazy" style="max-width:{}px;max-height:{}px;border:1px solid #ccc" alt="{}">',
         (image.thumbnail or image.file).url,
         size,
         size,
-        image.pk,
+        gettext("image %(id)s") % {"id": image.pk},
     )
 
 
@@ -71,11 +73,11 @@ class ProductAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
         return super().get_queryset(request).annotate(image_count=Count("images"))
 
-    @admin.display(description="Images", ordering="image_count")
+    @admin.display(description=_("Images"), ordering="image_count")
     def image_count(self, obj: Product) -> int:
         return obj.image_count  # type: ignore[attr-defined]
 
-    @admin.display(description="Images")
+    @admin.display(description=_("Images"))
     def images_link(self, obj: Product) -> str:
         if obj.pk is None:
             return "—"
@@ -83,11 +85,10 @@ class ProductAdmin(admin.ModelAdmin):
         if count is None:  # an object not loaded through get_queryset
             count = obj.images.count()
         return format_html(
-            '<a href="{}?product__id__exact={}" id="product-images-link">{} image{} of this product</a>',
+            '<a href="{}?product__id__exact={}" id="product-images-link">{}</a>',
             reverse("admin:catalog_image_changelist"),
             obj.pk,
-            count,
-            "" if count == 1 else "s",
+            ngettext("%(count)s image of this product", "%(count)s images of this product", count) % {"count": count},
         )
 
 
@@ -100,7 +101,7 @@ class DefectTypeAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[DefectType]:
         return super().get_queryset(request).annotate(image_count=Count("images"))
 
-    @admin.display(description="Images", ordering="image_count")
+    @admin.display(description=_("Images"), ordering="image_count")
     def image_count(self, obj: DefectType) -> int:
         return obj.image_count  # type: ignore[attr-defined]
 
@@ -138,10 +139,10 @@ class ImageAdmin(admin.ModelAdmin):
     def has_rebuild_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REBUILD_INDEX)
 
-    @admin.action(description="Find similar images (select one)", permissions=["view"])
+    @admin.action(description=_("Find similar images (select one)"), permissions=["view"])
     def find_similar(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
         if queryset.count() != 1:
-            self.message_user(request, "Select exactly one image to find the ones like it.", messages.WARNING)
+            self.message_user(request, gettext("Select exactly one image to find the ones like it."), messages.WARNING)
             return None
         return HttpResponseRedirect(similar_images_url(queryset.get()))
 
@@ -191,21 +192,23 @@ class ImageAdmin(admin.ModelAdmin):
             }
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.display(description="Image")
+    @admin.display(description=_("Image"))
     def picture(self, obj: Image) -> str:
         return thumbnail_html(obj)
 
-    @admin.display(description="Preview")
+    @admin.display(description=_("Preview"))
     def preview(self, obj: Image) -> str:
         if not obj.file:
             return "—"
-        return format_html('<a href="{}" title="Open full size">{}</a>', obj.file.url, thumbnail_html(obj, size=320))
+        return format_html(
+            '<a href="{}" title="{}">{}</a>', obj.file.url, gettext("Open full size"), thumbnail_html(obj, size=320)
+        )
 
-    @admin.display(description="Defect", ordering="defect_type__defect_code")
+    @admin.display(description=_("Defect"), ordering="defect_type__defect_code")
     def defect_label(self, obj: Image) -> str:
         return str(obj.defect_type) if obj.defect_type else "—"
 
-    @admin.display(description="Size")
+    @admin.display(description=_("Size"))
     def size_label(self, obj: Image) -> str:
         return f"{obj.width}×{obj.height}, {obj.file_size / 1024:.0f} KB"
 
@@ -243,7 +246,7 @@ class ImageAdmin(admin.ModelAdmin):
         try:
             return super().add_view(request, form_url, extra_context)
         except _NothingSaved as exc:
-            self.message_user(request, f"Nothing was saved: {exc}", messages.ERROR)
+            self.message_user(request, gettext("Nothing was saved: %(reason)s") % {"reason": exc}, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
 
     def delete_model(self, request: HttpRequest, obj: Image) -> None:
@@ -265,17 +268,20 @@ class ImageAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _skipped_message(skipped: list[SkippedDuplicate]) -> str:
+        text = gettext(
+            "Skipped %(count)s duplicate file(s), identical to images already in the catalog for this product:"
+        ) % {"count": len(skipped)}
         return format_html(
-            "Skipped {} duplicate file(s), identical to images already in the catalog for this product: {}.",
-            len(skipped),
+            "{} {}.",
+            text,
             format_html_join(
                 ", ",
-                '{} (<a href="{}">image {}</a>)',
+                '{} (<a href="{}">{}</a>)',
                 (
                     (
                         item.name,
                         reverse("admin:catalog_image_change", args=[item.existing_image_id]),
-                        item.existing_image_id,
+                        gettext("image %(id)s") % {"id": item.existing_image_id},
                     )
                     for item in skipped
                 ),
@@ -285,23 +291,27 @@ class ImageAdmin(admin.ModelAdmin):
     def _not_searchable_message(self, request: HttpRequest, count: int, image_type: str) -> str:
         """New images join the search only with the next build: say so, and offer that build right
         here to those who may start one (a POST to the index builds page's rebuild URL)."""
-        text = f"{count} image{'s are' if count != 1 else ' is'} not searchable until the next rebuild."
+        text = ngettext(
+            "%(count)s image is not searchable until the next rebuild.",
+            "%(count)s images are not searchable until the next rebuild.",
+            count,
+        ) % {"count": count}
         if not self.has_rebuild_permission(request):
             return text
         return format_html(
             '{} <form method="post" action="{}" class="rebuild-after-upload" style="display:inline">'
             '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
-            '<button type="submit" name="index_type" value="{}" class="button">Rebuild the {} index</button></form>',
+            '<button type="submit" name="index_type" value="{}" class="button">{}</button></form>',
             text,
             reverse("admin:indexing_indexbuild_rebuild"),
             get_token(request),
             image_type,
-            image_type,
+            gettext("Rebuild the %(image_type)s index") % {"image_type": image_type},
         )
 
     def bulk_upload_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_add_permission(request):
-            return HttpResponse("You may not add images.", status=403)
+            return HttpResponse(gettext("You may not add images."), status=403)
         form = BulkUploadForm(request.POST or None, request.FILES or None, admin_site=self.admin_site)
         if request.method == "POST" and form.is_valid():
             try:
@@ -317,7 +327,12 @@ class ImageAdmin(admin.ModelAdmin):
             except ServiceError as exc:
                 form.add_error(None, exc.message)
             else:
-                self.message_user(request, f"Uploaded {len(result.created)} images.", messages.SUCCESS)
+                uploaded = len(result.created)
+                self.message_user(
+                    request,
+                    gettext("Uploaded %(count)s images.") % {"count": uploaded},
+                    messages.SUCCESS,
+                )
                 if result.created:
                     self.message_user(
                         request,
@@ -330,7 +345,7 @@ class ImageAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": "Bulk upload images",
+            "title": gettext("Bulk upload images"),
             "form": form,
             "media": self.media + form.media,
             "max_files": settings.SIMSEARCH_BULK_UPLOAD_MAX_FILES,

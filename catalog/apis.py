@@ -3,6 +3,7 @@ from __future__ import annotations
 import django_filters
 from django.conf import settings
 from django.db.models import QuerySet
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
@@ -100,8 +101,10 @@ class ImageViewSet(
                         "existing_image_id": serializers.IntegerField(required=False),
                     },
                 ),
-                description="The same picture (identical bytes) is already a catalog image of this product; "
-                "existing_image_id names it.",
+                description=_(
+                    "The same picture (identical bytes) is already a catalog image of this product; "
+                    "existing_image_id names it."
+                ),
             ),
         },
     )

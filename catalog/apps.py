@@ -4,6 +4,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+from django.utils.translation import gettext_lazy as _
 
 PURGE_SCHEDULE = "simsearch: purge expired temporary images"
 
@@ -25,7 +26,7 @@ def ensure_schedules(**kwargs: Any) -> None:
 
 class CatalogConfig(AppConfig):
     name = "catalog"
-    verbose_name = "Catalog"
+    verbose_name = _("Catalog")
 
     def ready(self) -> None:
         post_migrate.connect(ensure_schedules, sender=self)

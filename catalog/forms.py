@@ -9,6 +9,8 @@ from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from catalog.image_validation import read_limited
 from catalog.models import DefectType, Image, ImageType, Product
@@ -38,18 +40,26 @@ class ImageAdminForm(forms.ModelForm):
         # The admin shows these under the read-only fields too (the model carries no help text,
         # which would need a migration for words only).
         help_texts = {
-            "preprocessing_config": "Optional notes (JSON) on how the photo was taken or prepared, kept with the "
-            "image as the uploader sent them; search does not use them.",
-            "expires_at": "When this temporary query image is deleted by the purge schedule; catalog images "
-            "(normal, defect) never expire.",
-            "registered_by": "The account that registered this temporary query image; only it and staff who may "
-            "view images can use it.",
-            "width": "Pixels, read from the file at upload.",
-            "height": "Pixels, read from the file at upload.",
-            "file_size": "Bytes of the stored file.",
-            "sha256": "Hash of the file's bytes: finds duplicate uploads and lets a rebuild reuse this "
-            "image's earlier embedding instead of computing it again.",
-            "uploaded_at": "When the file was stored.",
+            "preprocessing_config": _(
+                "Optional notes (JSON) on how the photo was taken or prepared, kept with the image as the "
+                "uploader sent them; search does not use them."
+            ),
+            "expires_at": _(
+                "When this temporary query image is deleted by the purge schedule; catalog images (normal, defect) "
+                "never expire."
+            ),
+            "registered_by": _(
+                "The account that registered this temporary query image; only it and staff who may view images "
+                "can use it."
+            ),
+            "width": _("Pixels, read from the file at upload."),
+            "height": _("Pixels, read from the file at upload."),
+            "file_size": _("Bytes of the stored file."),
+            "sha256": _(
+                "Hash of the file's bytes: finds duplicate uploads and lets a rebuild reuse this image's earlier "
+                "embedding instead of computing it again."
+            ),
+            "uploaded_at": _("When the file was stored."),
         }
 
     def clean_file(self) -> Any:
@@ -73,10 +83,12 @@ class ImageAdminForm(forms.ModelForm):
                 self.add_error(
                     "file",
                     format_html(
-                        'The same picture (identical bytes) is already <a href="{}">image {}</a> of {}.',
-                        reverse("admin:catalog_image_change", args=[existing]),
-                        existing,
-                        product.product_code,
+                        gettext(
+                            'The same picture (identical bytes) is already <a href="{url}">image {id}</a> of {product}.'
+                        ),
+                        url=reverse("admin:catalog_image_change", args=[existing]),
+                        id=existing,
+                        product=product.product_code,
                     ),
                 )
         return cleaned
@@ -101,7 +113,7 @@ class MultipleImageField(forms.FileField):
     def clean(self, data: Any, initial: Any = None) -> list[Any]:
         files = data if isinstance(data, (list, tuple)) else [data] if data else []
         if not files:
-            raise ValidationError("Choose at least one image file.")
+            raise ValidationError(gettext("Choose at least one image file."), code="required")
         return [super(MultipleImageField, self).clean(f, initial) for f in files]
 
 
@@ -109,18 +121,20 @@ class BulkUploadForm(forms.Form):
     """Many image files at once, all for one product, image type and defect type."""
 
     image_type = forms.ChoiceField(
+        label=_("Image type"),
         choices=[
-            (ImageType.DEFECT, "Defective part"),
-            (ImageType.NORMAL, "Normal part"),
-        ]
+            (ImageType.DEFECT, ImageType.DEFECT.label),
+            (ImageType.NORMAL, ImageType.NORMAL.label),
+        ],
     )
-    product = forms.ModelChoiceField(queryset=Product.objects.all())
+    product = forms.ModelChoiceField(label=_("Product"), queryset=Product.objects.all())
     defect_type = forms.ModelChoiceField(
+        label=_("Defect type"),
         queryset=DefectType.objects.all(),
         required=False,
-        help_text="Required for defect images; leave empty for normal images.",
+        help_text=_("Required for defect images; leave empty for normal images."),
     )
-    files = MultipleImageField(help_text="Select many files at once (JPEG, PNG, BMP, TIFF, WEBP).")
+    files = MultipleImageField(label=_("Files"), help_text=_("Select many files at once (JPEG, PNG, BMP, TIFF, WEBP)."))
 
     def __init__(self, *args: Any, admin_site: admin.AdminSite, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -130,9 +144,9 @@ class BulkUploadForm(forms.Form):
         cleaned = super().clean()
         image_type, defect_type = cleaned.get("image_type"), cleaned.get("defect_type")
         if image_type == ImageType.DEFECT and defect_type is None:
-            self.add_error("defect_type", "A defect image needs a defect type.")
+            self.add_error("defect_type", gettext("A defect image needs a defect type."))
         if image_type == ImageType.NORMAL and defect_type is not None:
-            self.add_error("defect_type", "A normal image must not have a defect type.")
+            self.add_error("defect_type", gettext("A normal image must not have a defect type."))
         return cleaned
 
     def uploads(self, *, max_bytes: int) -> list[UploadedImage]:

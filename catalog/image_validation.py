@@ -21,12 +21,21 @@ ALLOWED_FORMATS: dict[str, str] = {
 }
 
 
-class InvalidImage(ValueError):
-    """The bytes are not an image we accept; `code` is machine-readable, str() is for people."""
+def gettext_noop(message: str) -> str:
+    """Marks a message for translation (makemessages finds this name) without needing Django here:
+    the caller translates `InvalidImage.message` in the language of the request."""
+    return message
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
+
+class InvalidImage(ValueError):
+    """The bytes are not an image we accept; `code` is machine-readable, str() is for people (in
+    English). `message` % `params` is the same text, for a caller that translates `message` first."""
+
+    def __init__(self, code: str, message: str, params: dict[str, object] | None = None):
         self.code = code
+        self.message = message
+        self.params = params or {}
+        super().__init__(message % self.params)
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,12 @@ def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_asp
     `max_aspect_ratio` bounds long side / short side: a 1x60000 strip is within any pixel limit but
     is no photo of a part, and every model preprocessing has to stretch it."""
     if not data:
-        raise InvalidImage("empty", "The file is empty.")
+        raise InvalidImage("empty", gettext_noop("The file is empty."))
     if len(data) > max_bytes:
         raise InvalidImage(
             "too_large",
-            f"The file is {_limit_text(len(data))}; the limit is {_limit_text(max_bytes)}.",
+            gettext_noop("The file is %(size)s; the limit is %(limit)s."),
+            {"size": _limit_text(len(data)), "limit": _limit_text(max_bytes)},
         )
     allowed = ", ".join(ALLOWED_FORMATS)
     try:
@@ -66,15 +76,21 @@ def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_asp
                 if width * height > max_pixels:
                     raise InvalidImage(
                         "too_many_pixels",
-                        f"The image is {width}x{height} pixels ({width * height:,}); "
-                        f"the limit is {max_pixels:,} pixels.",
+                        gettext_noop("The image is %(size)s pixels (%(pixels)s); the limit is %(limit)s pixels."),
+                        {"size": f"{width}x{height}", "pixels": f"{width * height:,}", "limit": f"{max_pixels:,}"},
                     )
                 if max(width, height) > max_aspect_ratio * max(min(width, height), 1):
                     raise InvalidImage(
                         "aspect_ratio",
-                        f"The image is {width}x{height} pixels, an aspect ratio of "
-                        f"{max(width, height) / max(min(width, height), 1):,.0f}:1; the limit is "
-                        f"{max_aspect_ratio:g}:1 (SIMSEARCH_MAX_ASPECT_RATIO).",
+                        gettext_noop(
+                            "The image is %(size)s pixels, an aspect ratio of %(ratio)s:1; the limit is "
+                            "%(limit)s:1 (SIMSEARCH_MAX_ASPECT_RATIO)."
+                        ),
+                        {
+                            "size": f"{width}x{height}",
+                            "ratio": f"{max(width, height) / max(min(width, height), 1):,.0f}",
+                            "limit": f"{max_aspect_ratio:g}",
+                        },
                     )
                 img.verify()
             # verify() leaves the image unusable and misses truncated pixel data: decode fully.
@@ -85,12 +101,13 @@ def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_asp
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         raise InvalidImage(
             "decompression_bomb",
-            "The image declares far more pixels than it could reasonably hold.",
+            gettext_noop("The image declares far more pixels than it could reasonably hold."),
         ) from None
     except UnidentifiedImageError:
         raise InvalidImage(
             "not_an_image",
-            f"The file is not an image in an accepted format ({allowed}).",
+            gettext_noop("The file is not an image in an accepted format (%(formats)s)."),
+            {"formats": allowed},
         ) from None
     except (
         OSError,
@@ -101,11 +118,16 @@ def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_asp
         TypeError,
         MemoryError,
     ) as exc:
-        raise InvalidImage("corrupt", f"The image could not be decoded (truncated or corrupt): {exc}") from None
+        raise InvalidImage(
+            "corrupt",
+            gettext_noop("The image could not be decoded (truncated or corrupt): %(reason)s"),
+            {"reason": exc},
+        ) from None
     if image_format not in ALLOWED_FORMATS:
         raise InvalidImage(
             "format_not_allowed",
-            f"Format {image_format or 'unknown'} is not accepted ({allowed}).",
+            gettext_noop("Format %(format)s is not accepted (%(formats)s)."),
+            {"format": image_format or "unknown", "formats": allowed},
         )
     return ImageInfo(
         format=image_format,

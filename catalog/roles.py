@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
+from django.utils.translation import gettext
 
 from simsearch_project.errors import ServiceError
 from simsearch_project.permissions import (
@@ -43,7 +44,9 @@ def _permission(name: str) -> Permission:
     app_label, codename = name.split(".", 1)
     permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
     if permission is None:
-        raise ServiceError(f"The permission {name} does not exist yet: run `manage.py migrate` first.")
+        raise ServiceError(
+            gettext("The permission %(name)s does not exist yet: run `manage.py migrate` first.") % {"name": name}
+        )
     return permission
 
 

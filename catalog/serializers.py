@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from catalog.models import DefectType, Image, ImageType, Product
@@ -82,7 +84,7 @@ class ImageOutputSerializer(serializers.ModelSerializer):
 
 
 class ImageUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="The image (JPEG, PNG, BMP, TIFF or WEBP).")
+    file = serializers.FileField(help_text=_("The image (JPEG, PNG, BMP, TIFF or WEBP)."))
     image_type = serializers.ChoiceField(choices=UPLOAD_IMAGE_TYPES)
     product_code = StrictCharField(max_length=64)
     defect_code = StrictCharField(max_length=64, required=False, allow_blank=True, default="")
@@ -91,7 +93,7 @@ class ImageUploadSerializer(serializers.Serializer):
     def validate_product_code(self, value: str) -> Product:
         product = Product.objects.filter(product_code=value).first()
         if product is None:
-            raise serializers.ValidationError(f"Unknown product code {value!r}.")
+            raise serializers.ValidationError(gettext("Unknown product code “%(code)s”.") % {"code": value})
         return product
 
     def validate_defect_code(self, value: str) -> DefectType | None:
@@ -99,10 +101,10 @@ class ImageUploadSerializer(serializers.Serializer):
             return None
         defect_type = DefectType.objects.filter(defect_code=value).first()
         if defect_type is None:
-            raise serializers.ValidationError(f"Unknown defect code {value!r}.")
+            raise serializers.ValidationError(gettext("Unknown defect code “%(code)s”.") % {"code": value})
         return defect_type
 
     def validate_preprocessing_config(self, value: Any) -> dict:
         if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
+            raise serializers.ValidationError(gettext("Must be a JSON object."))
         return value

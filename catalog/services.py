@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from catalog.image_validation import ImageInfo, InvalidImage, inspect_image_bytes, thumbnail_jpeg
 from catalog.models import DefectType, Image, ImageType, Product
@@ -46,18 +47,24 @@ def image_inspect(*, data: bytes) -> ImageInfo:
             max_aspect_ratio=settings.SIMSEARCH_MAX_ASPECT_RATIO,
         )
     except InvalidImage as exc:
-        raise ValidationError({"file": [ValidationError(str(exc), code=exc.code)]}) from None
+        # The validator is Django-free and speaks English; its message is translated here, at request time.
+        raise ValidationError({"file": [ValidationError(gettext(exc.message) % exc.params, code=exc.code)]}) from None
 
 
 def _check_labels(*, image_type: str, defect_type: DefectType | None) -> None:
     if image_type not in ImageType.values:
         raise ValidationError(
-            {"image_type": [f"Unknown image type {image_type!r}; use one of {', '.join(ImageType.values)}."]}
+            {
+                "image_type": [
+                    gettext("Unknown image type “%(image_type)s”; use one of %(choices)s.")
+                    % {"image_type": image_type, "choices": ", ".join(ImageType.values)}
+                ]
+            }
         )
     if image_type == ImageType.DEFECT and defect_type is None:
-        raise ValidationError({"defect_type": ["A defect image needs a defect type."]})
+        raise ValidationError({"defect_type": [gettext("A defect image needs a defect type.")]})
     if image_type == ImageType.NORMAL and defect_type is not None:
-        raise ValidationError({"defect_type": ["A normal image must not have a defect type."]})
+        raise ValidationError({"defect_type": [gettext("A normal image must not have a defect type.")]})
 
 
 def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
@@ -71,7 +78,9 @@ def _store(*, image: Image, info: ImageInfo, data: bytes) -> None:
     except Exception as exc:  # storage backends raise OSError, botocore errors, ...
         logger.exception("Writing an image to storage failed")
         _discard_files(image=image)
-        raise StorageUnavailable(f"The image could not be written to storage ({safe_reason(exc)}).") from exc
+        raise StorageUnavailable(
+            gettext("The image could not be written to storage (%(reason)s).") % {"reason": safe_reason(exc)}
+        ) from exc
 
 
 def _thumbnail(data: bytes) -> bytes | None:
@@ -175,8 +184,8 @@ def images_bulk_create(
 
 def _duplicate(*, name: str, existing_image_id: int, product: Product) -> Conflict:
     return Conflict(
-        f"{name}: the same picture (identical bytes) is already image {existing_image_id} of product "
-        f"{product.product_code}.",
+        gettext("%(name)s: the same picture (identical bytes) is already image %(id)s of product %(product)s.")
+        % {"name": name, "id": existing_image_id, "product": product.product_code},
         code="duplicate_image",
         details={"existing_image_id": existing_image_id},
     )
@@ -194,7 +203,7 @@ def _images_create(
 ) -> BulkUploadResult:
     _check_labels(image_type=image_type, defect_type=defect_type)
     if not uploads:
-        raise ValidationError({"file": ["No file was uploaded."]})
+        raise ValidationError({"file": [gettext("No file was uploaded.")]})
     infos: list[ImageInfo] = []
     problems: list[str] = []
     for upload in uploads:
@@ -216,7 +225,8 @@ def _images_create(
             if not skip_duplicates:
                 earlier = uploads[first_position[info.sha256]].name
                 raise Conflict(
-                    f"{uploads[position].name} is the same picture (identical bytes) as {earlier} in this upload.",
+                    gettext("%(name)s is the same picture (identical bytes) as %(earlier)s in this upload.")
+                    % {"name": uploads[position].name, "earlier": earlier},
                     code="duplicate_image",
                 )
             continue
@@ -400,9 +410,12 @@ def _refuse_server_name(key: str) -> None:
             raise ValidationError(
                 {
                     "storage_url": [
-                        f"Objects under {prefix}/ are managed by the server (catalog images, previews, index files) "
-                        "and cannot be registered as a temporary query image; upload the photo to a key of its "
-                        "own (for example line-uploads/<camera>/<frame>.jpg) and register that."
+                        gettext(
+                            "Objects under %(prefix)s/ are managed by the server (catalog images, previews, index "
+                            "files) and cannot be registered as a temporary query image; upload the photo to a key "
+                            "of its own (for example line-uploads/<camera>/<frame>.jpg) and register that."
+                        )
+                        % {"prefix": prefix}
                     ]
                 }
             )
@@ -411,8 +424,11 @@ def _refuse_server_name(key: str) -> None:
         raise ValidationError(
             {
                 "storage_url": [
-                    f"This object belongs to catalog image {existing} and cannot be registered as a temporary "
-                    "query image; search with image_id instead, or upload the photo to a key of its own."
+                    gettext(
+                        "This object belongs to catalog image %(id)s and cannot be registered as a temporary query "
+                        "image; search with image_id instead, or upload the photo to a key of its own."
+                    )
+                    % {"id": existing}
                 ]
             }
         )

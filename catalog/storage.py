@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.core.exceptions import SuspiciousOperation
 from django.core.files.storage import FileSystemStorage, Storage, default_storage
+from django.utils.translation import gettext
 
 from simsearch_project.errors import NotFound, StorageUnavailable, safe_reason
 
@@ -76,10 +77,12 @@ def read_stored(name: str) -> bytes:
     try:
         return read_object(name)
     except FileNotFoundError:
-        raise NotFound(f"No object {name!r} in the configured storage.") from None
+        raise NotFound(gettext("No object “%(name)s” in the configured storage.") % {"name": name}) from None
     except Exception as exc:
         logger.exception("Reading %r from storage failed", name)
-        raise StorageUnavailable(f"The storage could not be read ({safe_reason(exc)}).") from exc
+        raise StorageUnavailable(
+            gettext("The storage could not be read (%(reason)s).") % {"reason": safe_reason(exc)}
+        ) from exc
 
 
 def delete_prefix(prefix: str, *, storage: Storage | None = None) -> int:

@@ -10,6 +10,7 @@ import posixpath
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
+from django.utils.translation import gettext
 
 # S3 keys are at most 1,024 bytes; file systems allow 255 bytes a name.
 MAX_KEY_BYTES = 1024
@@ -23,14 +24,15 @@ class RefusedStorageUrl(ValueError):
 def _clean_key(raw: str) -> str:
     key = unquote(raw).lstrip("/")
     if not key or "\x00" in key or "\\" in key:
-        raise RefusedStorageUrl("The storage key is empty or contains forbidden characters.")
+        raise RefusedStorageUrl(gettext("The storage key is empty or contains forbidden characters."))
     if any(part in ("..", ".") for part in key.split("/")) or posixpath.normpath(key) != key.rstrip("/"):
-        raise RefusedStorageUrl("The storage key must not contain '..' or '.' segments.")
+        raise RefusedStorageUrl(gettext("The storage key must not contain '..' or '.' segments."))
     if key.endswith("/"):
-        raise RefusedStorageUrl("The storage key names a folder; name one object (an image file).")
+        raise RefusedStorageUrl(gettext("The storage key names a folder; name one object (an image file)."))
     if len(key.encode()) > MAX_KEY_BYTES or any(len(part.encode()) > MAX_SEGMENT_BYTES for part in key.split("/")):
         raise RefusedStorageUrl(
-            f"The storage key is too long (at most {MAX_KEY_BYTES} bytes, {MAX_SEGMENT_BYTES} between slashes)."
+            gettext("The storage key is too long (at most %(key_bytes)s bytes, %(segment_bytes)s between slashes).")
+            % {"key_bytes": MAX_KEY_BYTES, "segment_bytes": MAX_SEGMENT_BYTES}
         )
     return key
 
@@ -39,7 +41,7 @@ def _strip_location(key: str) -> str:
     location = (settings.STORAGES["default"].get("OPTIONS", {}).get("location") or "").strip("/")
     if location:
         if not key.startswith(location + "/"):
-            raise RefusedStorageUrl("The object is outside this deployment's storage location.")
+            raise RefusedStorageUrl(gettext("The object is outside this deployment's storage location."))
         return key[len(location) + 1 :]
     return key
 
@@ -48,7 +50,7 @@ def storage_key_from_url(url: str, *, request_host: str | None = None) -> str:
     """The storage key `url` names, if it points into the configured storage."""
     url = url.strip()
     if not url:
-        raise RefusedStorageUrl("storage_url is empty.")
+        raise RefusedStorageUrl(gettext("storage_url is empty."))
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     backend = settings.STORAGES["default"]["BACKEND"]
@@ -59,10 +61,12 @@ def storage_key_from_url(url: str, *, request_host: str | None = None) -> str:
     if scheme == "s3":
         bucket = settings.STORAGES["default"].get("OPTIONS", {}).get("bucket_name")
         if not is_s3 or parts.netloc != bucket:
-            raise RefusedStorageUrl("The s3:// URL does not name this deployment's bucket.")
+            raise RefusedStorageUrl(gettext("The s3:// URL does not name this deployment's bucket."))
         return _strip_location(_clean_key(parts.path))
     if scheme not in ("http", "https"):
-        raise RefusedStorageUrl(f"URLs with scheme {scheme!r} are not accepted; use a link into the storage.")
+        raise RefusedStorageUrl(
+            gettext("URLs with scheme “%(scheme)s” are not accepted; use a link into the storage.") % {"scheme": scheme}
+        )
     host = (parts.hostname or "").lower()
     netloc = parts.netloc.rsplit("@", 1)[-1].lower()
     if is_s3:
@@ -84,7 +88,17 @@ def storage_key_from_url(url: str, *, request_host: str | None = None) -> str:
 
 
 def _refuse_host(netloc: str) -> str:
+    if netloc:
+        raise RefusedStorageUrl(
+            gettext(
+                "%(host)s is not this deployment's storage; the server only reads objects from its own bucket or "
+                "media folder and never fetches other URLs."
+            )
+            % {"host": netloc}
+        )
     raise RefusedStorageUrl(
-        f"{netloc or 'This URL'} is not this deployment's storage; the server only reads objects from its "
-        "own bucket or media folder and never fetches other URLs."
+        gettext(
+            "This URL is not this deployment's storage; the server only reads objects from its own bucket or "
+            "media folder and never fetches other URLs."
+        )
     )

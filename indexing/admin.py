@@ -6,7 +6,10 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import path, reverse
+from django.utils.functional import Promise
 from django.utils.html import format_html
+from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild
@@ -15,7 +18,8 @@ from indexing.services import builds_fail_stale, index_build_activate, index_bui
 from simsearch_project.errors import ServiceError
 from simsearch_project.permissions import ACTIVATE_INDEX_BUILD, REBUILD_INDEX
 
-UNTRAINED_WARNING = "untrained weights — similarity is not meaningful; demo/test only"
+# Marked here, translated where it is shown (gettext), in the language of that request or banner.
+UNTRAINED_WARNING = gettext_noop("untrained weights — similarity is not meaningful; demo/test only")
 
 
 def request_rebuild(request: HttpRequest, index_type: str) -> list[IndexBuild]:
@@ -29,14 +33,19 @@ def request_rebuild(request: HttpRequest, index_type: str) -> list[IndexBuild]:
     except ServiceError as exc:
         messages.error(request, exc.message)
         return []
-    summary = ", ".join(f"{b.image_type} (build {b.pk}, {b.status})" for b in builds)
-    messages.success(request, f"Rebuild queued: {summary}. Progress is shown on the index builds page.")
+    summary = ", ".join(
+        gettext("%(image_type)s (build %(id)s, %(status)s)")
+        % {"image_type": b.image_type, "id": b.pk, "status": b.get_status_display().lower()}
+        for b in builds
+    )
+    message = gettext("Rebuild queued: %(summary)s. Progress is shown on the index builds page.")
+    messages.success(request, message % {"summary": summary})
     if settings.SIMSEARCH_PRETRAINED == "untrained":
-        messages.warning(request, f"This server runs on {UNTRAINED_WARNING}.")
+        messages.warning(request, gettext("This server runs on %(warning)s.") % {"warning": gettext(UNTRAINED_WARNING)})
     return builds
 
 
-def _rebuild_action(index_type: str, label: str):  # type: ignore[no-untyped-def]
+def _rebuild_action(index_type: str, label: Promise):  # type: ignore[no-untyped-def]
     @admin.action(description=label, permissions=["rebuild"])
     def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
         request_rebuild(request, index_type)
@@ -48,16 +57,16 @@ def _rebuild_action(index_type: str, label: str):  # type: ignore[no-untyped-def
 
 # Offered on the image changelist; they rebuild whole galleries, so no selection is needed.
 REBUILD_ACTIONS = [
-    _rebuild_action("defect", "Rebuild defect index"),
-    _rebuild_action("normal", "Rebuild normal index"),
-    _rebuild_action("all", "Rebuild all indexes"),
+    _rebuild_action("defect", _("Rebuild defect index")),
+    _rebuild_action("normal", _("Rebuild normal index")),
+    _rebuild_action("all", _("Rebuild all indexes")),
 ]
 
 
 def progress_bar(build: IndexBuild) -> str:
     total = build.progress_total
     done = build.progress_done if build.status != BuildStatus.READY else total
-    text = f"{done}/{total}" if total else ("queued" if build.status == BuildStatus.QUEUED else "—")
+    text = f"{done}/{total}" if total else (build.get_status_display() if build.status == BuildStatus.QUEUED else "—")
     return format_html(
         '<progress class="build-progress" data-build="{}" value="{}" max="{}" style="width:120px"></progress> '
         '<span class="build-progress-text" data-build="{}">{}</span>',
@@ -104,7 +113,7 @@ class IndexBuildAdmin(admin.ModelAdmin):
     def has_activate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(ACTIVATE_INDEX_BUILD)
 
-    @admin.display(description="Status", ordering="status")
+    @admin.display(description=_("Status"), ordering="status")
     def status_label(self, obj: IndexBuild) -> str:
         # Colours come from build_progress.css by class, so the page's script can restyle a row
         # when the progress endpoint reports a new status.
@@ -116,36 +125,37 @@ class IndexBuildAdmin(admin.ModelAdmin):
             obj.get_status_display(),
         )
 
-    @admin.display(description="Progress")
+    @admin.display(description=_("Progress"))
     def progress(self, obj: IndexBuild) -> str:
         return progress_bar(obj)
 
-    @admin.display(description="Vectors · embedded · reused · missing files")
+    @admin.display(description=_("Vectors · embedded · reused · missing files"))
     def counts(self, obj: IndexBuild) -> str:
         if obj.status != BuildStatus.READY:
             return "—"
         return f"{obj.vector_count} · {obj.embedded_count} · {obj.reused_count} · {obj.missing_count}"
 
-    @admin.display(description="Duration")
+    @admin.display(description=_("Duration"))
     def duration(self, obj: IndexBuild) -> str:
         seconds = obj.duration_seconds
         return "—" if seconds is None else f"{seconds:.1f} s"
 
-    @admin.display(description="Model", ordering="model_name")
+    @admin.display(description=_("Model"), ordering="model_name")
     def model_label(self, obj: IndexBuild) -> str:
         if obj.is_untrained or obj.pretrained == "untrained":
             return format_html(
-                '{} <span style="color:#b02a2a;font-weight:bold" title="{}">⚠ untrained weights</span>',
+                '{} <span style="color:#b02a2a;font-weight:bold" title="{}">⚠ {}</span>',
                 obj.model_name,
-                UNTRAINED_WARNING,
+                gettext(UNTRAINED_WARNING),
+                gettext("untrained weights"),
             )
         return f"{obj.model_name} ({obj.pretrained})"
 
-    @admin.display(description="Error")
+    @admin.display(description=_("Error"))
     def error_short(self, obj: IndexBuild) -> str:
         return (obj.error[:120] + "…") if len(obj.error) > 120 else obj.error
 
-    @admin.action(description="Activate selected ready build (promote or roll back)", permissions=["activate"])
+    @admin.action(description=_("Activate selected ready build (promote or roll back)"), permissions=["activate"])
     def activate_builds(self, request: HttpRequest, queryset: QuerySet[IndexBuild]) -> None:
         for build in queryset.order_by("created_at"):
             try:
@@ -154,7 +164,10 @@ class IndexBuildAdmin(admin.ModelAdmin):
                 self.message_user(request, exc.message, messages.ERROR)
             else:
                 self.message_user(
-                    request, f"Build {build.pk} now answers {build.image_type} searches.", messages.SUCCESS
+                    request,
+                    gettext("Build %(id)s now answers %(image_type)s searches.")
+                    % {"id": build.pk, "image_type": build.image_type},
+                    messages.SUCCESS,
                 )
 
     def get_urls(self) -> list:
@@ -170,7 +183,7 @@ class IndexBuildAdmin(admin.ModelAdmin):
             **(extra_context or {}),
             "can_rebuild": self.has_rebuild_permission(request),
             "config_untrained": settings.SIMSEARCH_PRETRAINED == "untrained",
-            "untrained_warning": UNTRAINED_WARNING,
+            "untrained_warning": gettext(UNTRAINED_WARNING),
             "configured_model": f"{settings.SIMSEARCH_MODEL} ({settings.SIMSEARCH_PRETRAINED})",
             "active_untrained": IndexBuild.objects.filter(is_active=True, is_untrained=True).exists(),
         }

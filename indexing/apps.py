@@ -4,6 +4,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+from django.utils.translation import gettext_lazy as _
 
 STALE_BUILD_SCHEDULE = "simsearch: fail stale index builds"
 
@@ -25,7 +26,7 @@ def ensure_schedules(**kwargs: Any) -> None:
 
 class IndexingConfig(AppConfig):
     name = "indexing"
-    verbose_name = "Indexing"
+    verbose_name = _("Indexing")
 
     def ready(self) -> None:
         # Only wiring here: no model or index is loaded at start-up (torch + fork = hangs).

@@ -3,58 +3,76 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 
 class IndexEngine(models.TextChoices):
-    V2 = "v2", "V2 (catalog database)"
-    V1 = "v1", "V1 (legacy folder)"
+    V2 = "v2", _("V2 (catalog database)")
+    V1 = "v1", _("V1 (legacy folder)")
 
 
 class GalleryType(models.TextChoices):
-    DEFECT = "defect", "Defect images"
-    NORMAL = "normal", "Normal images"
+    DEFECT = "defect", _("Defect images")
+    NORMAL = "normal", _("Normal images")
 
 
 class BuildStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    READY = "ready", "Ready"
-    FAILED = "failed", "Failed"
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    READY = "ready", _("Ready")
+    FAILED = "failed", _("Failed")
 
 
 PENDING_STATUSES = [BuildStatus.QUEUED, BuildStatus.RUNNING]
 
 
 class IndexBuild(models.Model):
-    image_type = models.CharField(max_length=16, choices=GalleryType.choices, db_index=True)
-    engine = models.CharField(max_length=4, choices=IndexEngine.choices, default=IndexEngine.V2)
-    status = models.CharField(max_length=16, choices=BuildStatus.choices, default=BuildStatus.QUEUED, db_index=True)
-    progress_done = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
-    vector_count = models.PositiveIntegerField(default=0)
-    embedded_count = models.PositiveIntegerField(default=0, help_text="Images embedded by this build.")
-    reused_count = models.PositiveIntegerField(default=0, help_text="Embeddings reused from earlier builds.")
-    missing_count = models.PositiveIntegerField(default=0, help_text="Catalog images whose file was not in storage.")
-    model_name = models.CharField(max_length=100)
-    pretrained = models.CharField(max_length=500)
-    is_untrained = models.BooleanField(default=False, help_text="Random weights: similarity is not meaningful.")
-    model_fingerprint = models.CharField(max_length=64, blank=True)
-    artifact_prefix = models.CharField(max_length=300, blank=True)
-    manifest_sha256 = models.CharField(max_length=64, blank=True)
-    timings = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    task_id = models.CharField(max_length=64, blank=True)
-    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the process running the build.")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    activated_at = models.DateTimeField(null=True, blank=True)
-    is_active = models.BooleanField(default=False, db_index=True)
+    image_type = models.CharField(_("image type"), max_length=16, choices=GalleryType.choices, db_index=True)
+    engine = models.CharField(_("engine"), max_length=4, choices=IndexEngine.choices, default=IndexEngine.V2)
+    status = models.CharField(
+        _("status"), max_length=16, choices=BuildStatus.choices, default=BuildStatus.QUEUED, db_index=True
+    )
+    progress_done = models.PositiveIntegerField(_("progress done"), default=0)
+    progress_total = models.PositiveIntegerField(_("progress total"), default=0)
+    vector_count = models.PositiveIntegerField(_("vector count"), default=0)
+    embedded_count = models.PositiveIntegerField(
+        _("embedded count"), default=0, help_text=_("Images embedded by this build.")
+    )
+    reused_count = models.PositiveIntegerField(
+        _("reused count"), default=0, help_text=_("Embeddings reused from earlier builds.")
+    )
+    missing_count = models.PositiveIntegerField(
+        _("missing count"), default=0, help_text=_("Catalog images whose file was not in storage.")
+    )
+    model_name = models.CharField(_("model name"), max_length=100)
+    pretrained = models.CharField(_("pretrained weights"), max_length=500)
+    is_untrained = models.BooleanField(
+        _("untrained"), default=False, help_text=_("Random weights: similarity is not meaningful.")
+    )
+    model_fingerprint = models.CharField(_("model fingerprint"), max_length=64, blank=True)
+    artifact_prefix = models.CharField(_("artifact prefix"), max_length=300, blank=True)
+    manifest_sha256 = models.CharField(_("manifest SHA-256"), max_length=64, blank=True)
+    timings = models.JSONField(_("timings"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("requested by")
+    )
+    task_id = models.CharField(_("task id"), max_length=64, blank=True)
+    worker = models.CharField(
+        _("worker"), max_length=200, blank=True, help_text=_("host:pid of the process running the build.")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(_("heartbeat at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    activated_at = models.DateTimeField(_("activated at"), null=True, blank=True)
+    is_active = models.BooleanField(_("active"), default=False, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name = _("index build")
+        verbose_name_plural = _("index builds")
         # Checked by the API and the admin alike (simsearch_project.permissions).
         permissions = [
             ("rebuild_index", "Can request index rebuilds"),
@@ -78,7 +96,12 @@ class IndexBuild(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Build {self.pk} ({self.engine} {self.image_type}, {self.status})"
+        return gettext("Build %(id)s (%(engine)s %(image_type)s, %(status)s)") % {
+            "id": self.pk,
+            "engine": self.engine,
+            "image_type": self.image_type,
+            "status": self.status,
+        }
 
     @property
     def duration_seconds(self) -> float | None:

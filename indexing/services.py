@@ -18,7 +18,8 @@ import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext, gettext_noop
 
 from catalog.storage import existing_names, read_object
 from indexing import artifact_store
@@ -57,7 +58,10 @@ def _gallery_types(index_type: str) -> list[str]:
         return [GalleryType.DEFECT, GalleryType.NORMAL]
     if index_type in GalleryType.values:
         return [index_type]
-    raise ServiceError(f"Unknown index type {index_type!r}; use defect, normal or all.", code="invalid_index_type")
+    raise ServiceError(
+        gettext("Unknown index type “%(index_type)s”; use defect, normal or all.") % {"index_type": index_type},
+        code="invalid_index_type",
+    )
 
 
 def index_build_request(
@@ -70,9 +74,13 @@ def index_build_request(
     `enqueue=False` the caller runs them itself (`rebuild_index --sync`). Each returned build
     carries `newly_queued`: False when it is the build that was already in flight."""
     if engine not in IndexEngine.values:
-        raise ServiceError(f"Unknown engine {engine!r}; use v2 or v1.", code="invalid_engine")
+        raise ServiceError(
+            gettext("Unknown engine “%(engine)s”; use v2 or v1.") % {"engine": engine}, code="invalid_engine"
+        )
     if engine == IndexEngine.V1 and not settings.INDEX_DIR_V1:
-        raise ServiceError("INDEX_DIR_V1 is not set: there is no legacy folder to index.", code="no_legacy_folder")
+        raise ServiceError(
+            gettext("INDEX_DIR_V1 is not set: there is no legacy folder to index."), code="no_legacy_folder"
+        )
     builds_fail_stale()
     builds: list[IndexBuild] = []
     with transaction.atomic():
@@ -109,7 +117,9 @@ def _queued_or_pending(*, image_type: str, engine: str, requested_by: Any) -> In
                 pending.newly_queued = False  # type: ignore[attr-defined]
                 return pending
     raise Conflict(
-        f"The {image_type} index build slot kept changing hands; request the rebuild again.", code="rebuild_busy"
+        gettext("The %(image_type)s index build slot kept changing hands; request the rebuild again.")
+        % {"image_type": image_type},
+        code="rebuild_busy",
     )
 
 
@@ -292,13 +302,19 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         sources = _v2_sources(build.image_type)
     timings["gallery_s"] = round(time.perf_counter() - step, 3)
     if not sources:
-        raise ServiceError(f"There are no {build.image_type} images to index; add some to the catalog first.")
+        raise ServiceError(
+            gettext("There are no %(image_type)s images to index; add some to the catalog first.")
+            % {"image_type": build.image_type}
+        )
     gallery_count = len(sources)
     step = time.perf_counter()
     sources = _drop_missing_objects(sources)
     timings["exists_check_s"] = round(time.perf_counter() - step, 3)
     if not sources:
-        raise ServiceError(f"None of the {gallery_count} {build.image_type} images is in storage any more.")
+        raise ServiceError(
+            gettext("None of the %(count)s %(image_type)s images is in storage any more.")
+            % {"count": gallery_count, "image_type": build.image_type}
+        )
 
     progress = _Progress(build, total=len(sources), listener=on_progress)
     step = time.perf_counter()
@@ -318,7 +334,10 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
     kept = [s for s in sources if s.sha256 in vectors_by_hash and s.sha256 not in missing_hashes]
     missing_count = gallery_count - len(kept)
     if not kept:
-        raise ServiceError(f"None of the {len(sources)} {build.image_type} images could be read from storage.")
+        raise ServiceError(
+            gettext("None of the %(count)s %(image_type)s images could be read from storage.")
+            % {"count": len(sources), "image_type": build.image_type}
+        )
 
     step = time.perf_counter()
     ids = np.array([s.image_id for s in kept], dtype=np.int64)
@@ -367,7 +386,9 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
             error="",
             **counts,
         ):
-            raise ServiceError(f"Build {build.pk} was marked failed while it was writing its files.")
+            raise ServiceError(
+                gettext("Build %(id)s was marked failed while it was writing its files.") % {"id": build.pk}
+            )
         index_build_activate(build=IndexBuild.objects.get(pk=build.pk))
     logger.info(
         "Index build %s ready: %s vectors (%s embedded, %s reused, %s missing) in %.1f s",
@@ -401,7 +422,11 @@ def _remove_artifacts(build: IndexBuild) -> None:
 def index_build_activate(*, build: IndexBuild) -> IndexBuild:
     """Make `build` the one active build of its image type and engine (promote or roll back)."""
     if build.status != BuildStatus.READY:
-        raise Conflict(f"Build {build.pk} is {build.status}; only a ready build can be activated.", code="not_ready")
+        raise Conflict(
+            gettext("Build %(id)s is %(status)s; only a ready build can be activated.")
+            % {"id": build.pk, "status": build.get_status_display().lower()},
+            code="not_ready",
+        )
     with transaction.atomic():
         # Lock the current active row so two activations cannot interleave.
         list(
@@ -416,7 +441,7 @@ def index_build_activate(*, build: IndexBuild) -> IndexBuild:
             is_active=True, activated_at=timezone.now()
         ):
             # Pruned since the caller read it; the rollback above keeps the current build active.
-            raise NotFound(f"Build {build.pk} no longer exists (old builds are pruned).")
+            raise NotFound(gettext("Build %(id)s no longer exists (old builds are pruned).") % {"id": build.pk})
     build.refresh_from_db()
     return build
 
@@ -490,23 +515,26 @@ def builds_fail_stale() -> int:
     host = socket.gethostname()
     failed = 0
     for build in IndexBuild.objects.filter(status__in=PENDING_STATUSES):
-        reason = ""
+        reason, params = "", {"worker": build.worker}
         if build.status == BuildStatus.RUNNING:
             worker_host, _, pid = build.worker.rpartition(":")
             if worker_host == host and pid.isdigit() and not _process_alive(int(pid)):
-                reason = f"The worker process {build.worker} running this build has died."
+                reason = gettext_noop("The worker process %(worker)s running this build has died.")
             elif build.heartbeat_at and now - build.heartbeat_at > stale_after:
-                reason = (
-                    f"The worker {build.worker} stopped reporting progress at {build.heartbeat_at:%Y-%m-%d %H:%M:%S}."
-                )
+                reason = gettext_noop("The worker %(worker)s stopped reporting progress at %(heartbeat)s.")
+                params["heartbeat"] = f"{build.heartbeat_at:%Y-%m-%d %H:%M:%S}"
         elif now - build.created_at > never_taken_after:
-            reason = "No task-queue worker picked this build up; is the qcluster running?"
+            reason = gettext_noop("No task-queue worker picked this build up; is the qcluster running?")
         if reason:
+            # The row keeps the words in the site's language, whoever's request ran this sweep;
+            # the log keeps them in English.
+            with translation.override(settings.LANGUAGE_CODE):
+                error = gettext(reason) % params
             updated = IndexBuild.objects.filter(pk=build.pk, status=build.status).update(
-                status=BuildStatus.FAILED, finished_at=now, error=reason
+                status=BuildStatus.FAILED, finished_at=now, error=error
             )
             if updated:
                 failed += 1
-                logger.warning("Build %s marked failed: %s", build.pk, reason)
+                logger.warning("Build %s marked failed: %s", build.pk, reason % params)
                 _remove_artifacts(build)
     return failed

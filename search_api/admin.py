@@ -5,6 +5,7 @@ import csv
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext_lazy as _
 
 from search_api.models import SearchLog
 
@@ -53,19 +54,19 @@ class SearchLogAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: SearchLog | None = None) -> bool:
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
 
-    @admin.display(description="Query")
+    @admin.display(description=_("Query"))
     def query_short(self, obj: SearchLog) -> str:
         return obj.query_ref if len(obj.query_ref) <= 40 else obj.query_ref[:39] + "…"
 
-    @admin.display(description="Results")
+    @admin.display(description=_("Results"))
     def hits(self, obj: SearchLog) -> int:
         return len(obj.result_ids)
 
-    @admin.display(description="Latency", ordering="latency_ms")
+    @admin.display(description=_("Latency"), ordering="latency_ms")
     def latency(self, obj: SearchLog) -> str:
         return f"{obj.latency_ms:.0f} ms"
 
-    @admin.action(description="Export selected searches as CSV", permissions=["view"])
+    @admin.action(description=_("Export selected searches as CSV"), permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[SearchLog]) -> HttpResponse:
         response = HttpResponse(content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="search-history.csv"'

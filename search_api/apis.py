@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
@@ -98,10 +100,10 @@ class SimilaritySearchApi(generics.GenericAPIView):
         },
         responses={
             200: SimilaritySearchResponseSerializer,
-            400: OpenApiResponse(description="Invalid query (the body names the problem)"),
-            404: OpenApiResponse(description="image_id or storage object not found"),
-            409: OpenApiResponse(description="The index was built with another model: rebuild"),
-            503: OpenApiResponse(description="No index yet (run a rebuild), or storage/database unavailable"),
+            400: OpenApiResponse(description=_("Invalid query (the body names the problem)")),
+            404: OpenApiResponse(description=_("image_id or storage object not found")),
+            409: OpenApiResponse(description=_("The index was built with another model: rebuild")),
+            503: OpenApiResponse(description=_("No index yet (run a rebuild), or storage/database unavailable")),
         },
     )
     def post(self, request: Request) -> Response:
@@ -136,7 +138,7 @@ class SimilaritySearchApi(generics.GenericAPIView):
             "results": [self._result(request, hit) for hit in result.hits],
         }
         if body["index"]["is_untrained"]:
-            body["warning"] = UNTRAINED_WARNING
+            body["warning"] = str(UNTRAINED_WARNING)  # in the language of this request
         return Response(body)
 
     def _result(self, request: Request, hit: V2Hit | V1Hit) -> dict[str, Any]:
@@ -173,7 +175,7 @@ class IndexRebuildApi(APIView):
     )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, Mapping):
-            raise _bad_request("index_type", 'Send a JSON object or form fields, e.g. {"index_type": "all"}.')
+            raise _bad_request("index_type", gettext('Send a JSON object or form fields, e.g. {"index_type": "all"}.'))
         raw = request.data.get("index_type") or request.query_params.get("index_type")
         # No default: an empty or mistyped body must not rebuild everything.
         params = RebuildRequestSerializer(data={} if raw in (None, "") else {"index_type": raw})
@@ -223,7 +225,7 @@ class IndexBuildActivateApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         build = IndexBuild.objects.filter(pk=pk).first()
         if build is None:
-            raise NotFound(f"No index build {pk}.")
+            raise NotFound(gettext("No index build %(id)s.") % {"id": pk})
         return Response(IndexBuildSerializer(index_build_activate(build=build)).data)
 
 
@@ -262,12 +264,16 @@ class WorkerImageRegisterApi(APIView):
         data = params.validated_data
         product = product_get_by_code(product_code=data["product_code"])
         if product is None:
-            raise _bad_request("product_code", f"Unknown product code {data['product_code']!r}.")
+            raise _bad_request(
+                "product_code", gettext("Unknown product code “%(code)s”.") % {"code": data["product_code"]}
+            )
         defect_type = None
         if data["defect_code"]:
             defect_type = defect_type_get_by_code(defect_code=data["defect_code"])
             if defect_type is None:
-                raise _bad_request("defect_code", f"Unknown defect code {data['defect_code']!r}.")
+                raise _bad_request(
+                    "defect_code", gettext("Unknown defect code “%(code)s”.") % {"code": data["defect_code"]}
+                )
         try:
             image = temp_image_register(
                 storage_key=storage_key(data["storage_url"], request),
@@ -323,7 +329,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
             "loaded": loaded,
             "degraded": state.degraded or None,
             "load_errors": {f"{e}/{t}": msg for (e, t), msg in state.load_errors.items()} or None,
-            "hint": None if serving else "No active index loaded: run a rebuild (admin or POST /api/index/rebuild/).",
+            "hint": None
+            if serving
+            else gettext("No active index loaded: run a rebuild (admin or POST /api/index/rebuild/)."),
         },
         status=code,
     )

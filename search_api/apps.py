@@ -4,6 +4,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+from django.utils.translation import gettext_lazy as _
 
 SEARCH_LOG_SCHEDULE = "simsearch: purge old search history"
 
@@ -20,7 +21,7 @@ def ensure_schedules(**kwargs: Any) -> None:
 
 class SearchApiConfig(AppConfig):
     name = "search_api"
-    verbose_name = "Search API"
+    verbose_name = _("Search API")
 
     def ready(self) -> None:
         # Only wiring: revoked credentials leave the outage cache of the token authentication,

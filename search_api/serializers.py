@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from indexing.models import GalleryType, IndexBuild
@@ -14,16 +16,19 @@ class SimilaritySearchRequestSerializer(serializers.Serializer):
     An empty optional field means "not given", in JSON as in a form: DRF reads an empty form field
     that way, and a form in a browser sends every field, filled in or not."""
 
-    image = serializers.FileField(required=False, help_text="The query photo (JPEG, PNG, BMP, TIFF, WEBP).")
-    image_id = StrictIntegerField(required=False, min_value=1, help_text="Search with a catalog image.")
+    image = serializers.FileField(required=False, help_text=_("The query photo (JPEG, PNG, BMP, TIFF, WEBP)."))
+    image_id = StrictIntegerField(required=False, min_value=1, help_text=_("Search with a catalog image."))
     storage_url = StrictCharField(
         required=False,
         allow_blank=True,
         max_length=2000,
-        help_text="A link to an object in this deployment's bucket or media.",
+        help_text=_("A link to an object in this deployment's bucket or media."),
     )
     text = StrictCharField(
-        required=False, allow_blank=True, max_length=500, help_text='A text query, e.g. "scratch on a metal surface".'
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text=_('A text query, e.g. "scratch on a metal surface".'),
     )
     top_k = StrictIntegerField(required=False, default=5, min_value=1, max_value=100)
     image_type = serializers.ChoiceField(choices=GalleryType.choices, required=False, default=GalleryType.DEFECT)
@@ -34,15 +39,20 @@ class SimilaritySearchRequestSerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         given = [name for name in ("image", "image_id", "storage_url", "text") if attrs.get(name) not in (None, "")]
         if len(given) != 1:
-            raise serializers.ValidationError(
-                {
-                    "query": "Send exactly one of image, image_id, storage_url or text"
-                    + (f" (got {', '.join(given)})." if given else ".")
-                }
+            message = (
+                gettext("Send exactly one of image, image_id, storage_url or text (got %(given)s).")
+                % {"given": ", ".join(given)}
+                if given
+                else gettext("Send exactly one of image, image_id, storage_url or text.")
             )
+            raise serializers.ValidationError({"query": message})
         if attrs.get("defect_code") and attrs.get("image_type") == GalleryType.NORMAL:
             raise serializers.ValidationError(
-                {"defect_code": "Normal images have no defect type: drop defect_code or search image_type=defect."}
+                {
+                    "defect_code": gettext(
+                        "Normal images have no defect type: drop defect_code or search image_type=defect."
+                    )
+                }
             )
         return attrs
 
@@ -82,7 +92,9 @@ class SimilaritySearchResponseSerializer(serializers.Serializer):
     version = serializers.ChoiceField(choices=["v1", "v2"])
     query_image = serializers.CharField()
     index = IndexInfoSerializer()
-    results = V2ResultSerializer(many=True, help_text="V1 answers carry image_path, similarity_score, product, defect.")
+    results = V2ResultSerializer(
+        many=True, help_text=_("V1 answers carry image_path, similarity_score, product, defect.")
+    )
     warning = serializers.CharField(required=False)
 
 
@@ -141,23 +153,25 @@ class IndexBuildPublicSerializer(serializers.ModelSerializer):
 
 
 class IndexStatusResponseSerializer(serializers.Serializer):
-    engine = serializers.CharField(help_text="The engine that answers searches (v2 or v1).")
+    engine = serializers.CharField(help_text=_("The engine that answers searches (v2 or v1)."))
     active = serializers.DictField(
         child=serializers.DictField(child=IndexBuildPublicSerializer()),
-        help_text="engine -> image type -> active build. Users with indexing.view_indexbuild get every "
-        "field of an index build (as /api/index/builds/<id>/); others get this summary.",
+        help_text=_(
+            "engine -> image type -> active build. Users with indexing.view_indexbuild get every field of an "
+            "index build (as /api/index/builds/<id>/); others get this summary."
+        ),
     )
     loaded = serializers.DictField(
-        child=serializers.IntegerField(), help_text='"<engine>/<image type>" -> build id this process serves.'
+        child=serializers.IntegerField(), help_text=_('"<engine>/<image type>" -> build id this process serves.')
     )
     degraded = serializers.CharField(
-        allow_null=True, help_text="Why this process serves from its local cache only, if it does."
+        allow_null=True, help_text=_("Why this process serves from its local cache only, if it does.")
     )
 
 
 class RebuildRequestSerializer(serializers.Serializer):
     index_type = serializers.ChoiceField(
-        choices=["defect", "normal", "all"], help_text="Which index to rebuild; in the body or the query string."
+        choices=["defect", "normal", "all"], help_text=_("Which index to rebuild; in the body or the query string.")
     )
 
 

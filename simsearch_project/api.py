@@ -10,6 +10,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError, connection
 from django.db.models import ProtectedError, RestrictedError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.functional import Promise
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -21,7 +24,7 @@ from simsearch_project.errors import ServiceError
 def _django_validation_payload(exc: DjangoValidationError) -> dict[str, Any]:
     if hasattr(exc, "error_dict"):
         errors = {field: [str(m) for e in errs for m in e.messages] for field, errs in exc.error_dict.items()}
-        first = next(iter(errors.values()), ["Invalid input."])
+        first = next(iter(errors.values()), [gettext("Invalid input.")])
         return {"detail": first[0], "errors": errors}
     return {
         "detail": " ".join(exc.messages),
@@ -38,13 +41,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # A dropped connection must not stay broken for the next request of this worker.
         connection.close()
         return Response(
-            {"detail": "The database is unavailable; retry in a moment.", "code": "database_unavailable"},
+            {"detail": gettext("The database is unavailable; retry in a moment."), "code": "database_unavailable"},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
     if isinstance(exc, (ProtectedError, RestrictedError)):
         return Response(
             {
-                "detail": "This object is still referenced by other records; remove those first.",
+                "detail": gettext("This object is still referenced by other records; remove those first."),
                 "code": "protected",
             },
             status=status.HTTP_409_CONFLICT,
@@ -84,19 +87,19 @@ def _only_codes(codes: Any, allowed: set[str]) -> bool:
 
 
 def _json_under_api(
-    status_code: int, message: str, default_view: Callable[..., HttpResponse]
+    status_code: int, message: Promise, default_view: Callable[..., HttpResponse]
 ) -> Callable[..., HttpResponse]:
     """An error view that answers JSON for /api/ paths and Django's own page elsewhere."""
 
     def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.path.startswith("/api/"):
-            return JsonResponse({"detail": message}, status=status_code)
+            return JsonResponse({"detail": str(message)}, status=status_code)  # in the request's language
         return default_view(request, *args, **kwargs)
 
     return view
 
 
-bad_request = _json_under_api(400, "Bad request.", defaults.bad_request)
-permission_denied = _json_under_api(403, "Permission denied.", defaults.permission_denied)
-page_not_found = _json_under_api(404, "Not found.", defaults.page_not_found)
-server_error = _json_under_api(500, "Internal server error.", defaults.server_error)
+bad_request = _json_under_api(400, _("Bad request."), defaults.bad_request)
+permission_denied = _json_under_api(403, _("Permission denied."), defaults.permission_denied)
+page_not_found = _json_under_api(404, _("Not found."), defaults.page_not_found)
+server_error = _json_under_api(500, _("Internal server error."), defaults.server_error)

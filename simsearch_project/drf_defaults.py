@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from django.http import QueryDict
+from django.utils.translation import gettext
 from rest_framework import pagination
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -28,7 +29,7 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     def get_page_size(self, request: Any) -> int | None:
         """DRF falls back to the default for a page_size it cannot read; say so instead (400)."""
-        message = f"A whole number from 1 to {self.max_page_size}."
+        message = gettext("A whole number from 1 to %(max)s.") % {"max": self.max_page_size}
         _positive_integer(request, self.page_size_query_param, message)
         if int(request.query_params.get(self.page_size_query_param) or 1) > self.max_page_size:
             raise ValidationError({self.page_size_query_param: [message]})
@@ -36,7 +37,7 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     def get_page_number(self, request: Any, paginator: Any) -> Any:
         """Page numbers only (DRF also takes "last"): what the schema says, and all a client needs."""
-        _positive_integer(request, self.page_query_param, "A page number: a whole number from 1.")
+        _positive_integer(request, self.page_query_param, gettext("A page number: a whole number from 1."))
         return super().get_page_number(request, paginator)
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
@@ -70,7 +71,7 @@ class BoundedJSONParser(JSONParser):
             text = stream.read().decode(encoding) if stream is not None else ""
             return json.loads(text, cls=BoundedJSONDecoder)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
-            raise ParseError(f"JSON parse error - {exc}") from None
+            raise ParseError(gettext("JSON parse error - %(detail)s") % {"detail": exc}) from None
 
 
 class StrictFormParser(FormParser):
@@ -83,7 +84,7 @@ class StrictFormParser(FormParser):
             try:
                 unquote_to_bytes(pair.replace(b"+", b" ")).decode("utf-8")
             except UnicodeDecodeError:
-                raise ParseError("Form parse error - the form is not valid UTF-8.") from None
+                raise ParseError(gettext("Form parse error - the form is not valid UTF-8.")) from None
         return QueryDict(raw, encoding=(parser_context or {}).get("encoding", "utf-8"))
 
 
@@ -96,5 +97,5 @@ class StrictMultiPartParser(MultiPartParser):
         parsed = super().parse(stream, media_type, parser_context)
         for name, values in parsed.data.lists():
             if "\ufffd" in name or any("\ufffd" in value for value in values):
-                raise ParseError("Multipart form parse error - a field is not valid UTF-8.")
+                raise ParseError(gettext("Multipart form parse error - a field is not valid UTF-8."))
         return parsed

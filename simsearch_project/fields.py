@@ -11,6 +11,8 @@ from typing import Any
 
 from django.db import models
 from django.http import QueryDict
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 
@@ -19,7 +21,7 @@ def _from_json(field: serializers.Field) -> bool:
 
 
 class StrictCharField(serializers.CharField):
-    default_error_messages = {"not_a_string": "Must be a string."}
+    default_error_messages = {"not_a_string": _("Must be a string.")}
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str) and _from_json(self):
@@ -28,7 +30,7 @@ class StrictCharField(serializers.CharField):
 
 
 class StrictIntegerField(serializers.IntegerField):
-    default_error_messages = {"not_an_integer": "Must be an integer."}
+    default_error_messages = {"not_an_integer": _("Must be an integer.")}
 
     def to_internal_value(self, data: Any) -> int:
         if (isinstance(data, bool) or not isinstance(data, int)) and _from_json(self):
@@ -52,5 +54,5 @@ class StrictModelSerializer(serializers.ModelSerializer):
             writable = {name for name, field in self.fields.items() if not field.read_only}
             unknown = sorted(str(key) for key in data if key not in writable)
             if unknown:
-                raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+                raise serializers.ValidationError({key: [gettext("Unknown field.")] for key in unknown})
         return super().to_internal_value(data)

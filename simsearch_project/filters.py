@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
+from django.utils.translation import gettext
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework.exceptions import ValidationError
 
@@ -26,11 +27,11 @@ class StrictDjangoFilterBackend(DjangoFilterBackend):
                 continue
             value = request.query_params[name]
             if isinstance(filter_, django_filters.BooleanFilter) and value.lower() not in BOOLEAN_VALUES:
-                problems[name] = ["Use true or false."]
+                problems[name] = [gettext("Use true or false.")]
             elif isinstance(filter_, django_filters.ChoiceFilter):
                 allowed = [str(choice) for choice, _ in filter_.extra.get("choices", [])]
                 if value not in allowed:
-                    problems[name] = [f"Use one of: {', '.join(allowed)}."]
+                    problems[name] = [gettext("Use one of: %(choices)s.") % {"choices": ", ".join(allowed)}]
         if problems:
             raise ValidationError(problems)
         return filterset

@@ -5,6 +5,7 @@ from __future__ import annotations
 from axes.helpers import get_client_username, get_cool_off, get_failure_limit
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.translation import gettext
 
 
 def lockout_response(
@@ -17,7 +18,7 @@ def lockout_response(
         request,
         "admin/login_locked_out.html",
         {
-            "title": "Sign-in locked",
+            "title": gettext("Sign-in locked"),
             "username": get_client_username(request, credentials) or "",
             "failure_limit": get_failure_limit(request, credentials),
             "cooloff_minutes": minutes,

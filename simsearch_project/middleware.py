@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.translation import gettext
 
 
 def _body_limit(request: HttpRequest, length: int) -> int:
@@ -37,17 +38,22 @@ def request_body_size_limit(
         except ValueError:
             length = -1
         if length < 0:
-            message = "Invalid Content-Length header."
+            message = gettext("Invalid Content-Length header.")
             if is_api:
                 return JsonResponse({"detail": message}, status=400)
             return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
         limit = _body_limit(request, length)
         if length > limit:
-            message = f"The request body is {length} bytes; the limit is {limit} bytes."
+            message = gettext("The request body is %(length)s bytes; the limit is %(limit)s bytes.") % {
+                "length": length,
+                "limit": limit,
+            }
             if is_api:
                 return JsonResponse({"detail": message, "code": "too_large"}, status=413)
             return HttpResponse(
-                f"413 Request body too large. {message}\n", status=413, content_type="text/plain; charset=utf-8"
+                f"413 {gettext('Request body too large.')} {message}\n",
+                status=413,
+                content_type="text/plain; charset=utf-8",
             )
         return get_response(request)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
@@ -23,14 +25,14 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 class ErrorSerializer(serializers.Serializer):
     """The body of every error answer."""
 
-    detail = serializers.CharField(help_text="What is wrong, in words for a person.")
-    code = serializers.CharField(required=False, help_text="A machine-readable reason, where there is one.")
-    errors = serializers.DictField(required=False, help_text="Field name -> messages, for invalid input.")
+    detail = serializers.CharField(help_text=_("What is wrong, in words for a person."))
+    code = serializers.CharField(required=False, help_text=_("A machine-readable reason, where there is one."))
+    errors = serializers.DictField(required=False, help_text=_("Field name -> messages, for invalid input."))
 
 
 # Answered by the HTTP server in front of Django (gunicorn, a proxy), as an HTML page.
 _URI_TOO_LONG = {
-    "description": "The URL (path and query string) is longer than the HTTP server accepts.",
+    "description": _("The URL (path and query string) is longer than the HTTP server accepts."),
     "content": {"text/html": {"schema": {"type": "string"}}},
 }
 
@@ -58,17 +60,17 @@ class SimsearchAutoSchema(AutoSchema):
 
     def _error_statuses(self) -> dict[str, str]:
         view = self.view
-        statuses = {"400": "Invalid input; the body names the field and the problem."}
+        statuses = {"400": gettext("Invalid input; the body names the field and the problem.")}
         if not all(isinstance(p, AllowAny) for p in view.get_permissions()):
-            statuses["401"] = "No credentials, or a token that is not valid."
-            statuses["403"] = "Signed in, but without the permission this needs."
-        statuses["404"] = "No such object (an id, a code, or an object in storage)."
+            statuses["401"] = gettext("No credentials, or a token that is not valid.")
+            statuses["403"] = gettext("Signed in, but without the permission this needs.")
+        statuses["404"] = gettext("No such object (an id, a code, or an object in storage).")
         if self.method in WRITE_METHODS:
-            statuses["409"] = "Conflicts with the current state (a duplicate, a reference still in use, ...)."
+            statuses["409"] = gettext("Conflicts with the current state (a duplicate, a reference still in use, ...).")
         if self.method in BODY_METHODS:
-            statuses["413"] = "The request body is larger than the server accepts."
-            statuses["415"] = "The request body is in a media type this operation does not read."
+            statuses["413"] = gettext("The request body is larger than the server accepts.")
+            statuses["415"] = gettext("The request body is in a media type this operation does not read.")
         if getattr(view, "throttle_classes", None):
-            statuses["429"] = "Too many requests; retry after the number of seconds in Retry-After."
-        statuses["503"] = "The database, the storage, the model or the index is not available; retry later."
+            statuses["429"] = gettext("Too many requests; retry after the number of seconds in Retry-After.")
+        statuses["503"] = gettext("The database, the storage, the model or the index is not available; retry later.")
         return statuses

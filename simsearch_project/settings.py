@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -84,6 +85,9 @@ MIDDLEWARE = [
     # Outside WhiteNoise (static files need no policy), around everything else, 413s included.
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions and before CommonMiddleware, as Django requires: every later middleware and view
+    # speaks the language of the switch's cookie, else of Accept-Language, else LANGUAGE_CODE.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -325,7 +329,7 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "simsearch API",
-    "DESCRIPTION": "Catalog and image similarity search for manufacturing inspection.",
+    "DESCRIPTION": _("Catalog and image similarity search for manufacturing inspection."),
     "VERSION": "1.0.0",
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_INCLUDE_SCHEMA": False,
@@ -371,7 +375,17 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
-LANGUAGE_CODE = "en-us"
+# --- Languages ----------------------------------------------------------------------------
+# The plant's staff read Korean; English stays the default unless DJANGO_LANGUAGE_CODE says otherwise.
+# Each request may still choose (the admin's language switch, or the API's Accept-Language).
+LANGUAGES = [("en", "English"), ("ko", "한국어")]
+LANGUAGE_CODE = env_str("DJANGO_LANGUAGE_CODE", "en")
+if LANGUAGE_CODE not in dict(LANGUAGES):
+    raise ImproperlyConfigured(
+        f"DJANGO_LANGUAGE_CODE must be one of {', '.join(dict(LANGUAGES))}, not {LANGUAGE_CODE!r}."
+    )
+# The project's translations (locale/<lang>/LC_MESSAGES/*.po); `make` compiles them to .mo files.
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env_str("DJANGO_TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

@@ -2,6 +2,7 @@ from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from catalog.media import serve_media
@@ -14,6 +15,10 @@ urlpatterns = [
     # The staff search console lives in the admin (its login, its look) before the admin's own URLs.
     path("admin/search/", admin.site.admin_view(search_console), name="search-console"),
     path("admin/", admin.site.urls),
+    # The admin's language switch posts to i18n/setlang/; pages' scripts read their words from
+    # jsi18n/ (a script file of this origin, so it runs under the Content-Security-Policy).
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("api/", include("catalog.urls")),
     path("api/", include("search_api.urls")),
     path("healthz", healthz, name="healthz"),

@@ -225,6 +225,22 @@ def any_storage(request: pytest.FixtureRequest, settings) -> str:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# --- Translations ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_translations() -> None:
+    """The .mo files are build output (`make messages`, which `make test` runs first). A bare pytest
+    run compiles the ones that are missing or older than their .po the same way (msgfmt --check-format,
+    as compilemessages does), so it never tests stale translations; without msgfmt it leaves them, and
+    the language tests say what is missing."""
+    msgfmt = shutil.which("msgfmt")
+    for po in sorted((ROOT / "locale").glob("*/LC_MESSAGES/*.po")):
+        mo = po.with_suffix(".mo")
+        if msgfmt and (not mo.exists() or mo.stat().st_mtime < po.stat().st_mtime):
+            subprocess.run([msgfmt, "--check-format", "-o", str(mo), str(po)], check=True)
+
+
 def test_database_url() -> str:
     """DATABASE_URL of the database this test run uses, for processes the tests start."""
     from django.db import connection

@@ -55,6 +55,17 @@ def test_check_deploy_passes_with_production_like_settings(tmp_path: Path, seawe
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_django_language_code_sets_the_default_language(tmp_path: Path) -> None:
+    base = {"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_SECRET_KEY": "x" * 60}
+    script = "from django.conf import settings; print(settings.LANGUAGE_CODE)"
+    assert manage("shell", "-c", script, env=base).stdout.strip().splitlines()[-1] == "en"
+    korean = manage("shell", "-c", script, env={**base, "DJANGO_LANGUAGE_CODE": "ko"})
+    assert korean.stdout.strip().splitlines()[-1] == "ko", korean.stderr
+    # Only a language the project has translations for (LANGUAGES); anything else stops at start-up.
+    refused = manage("check", env={**base, "DJANGO_LANGUAGE_CODE": "fr"})
+    assert refused.returncode != 0 and "DJANGO_LANGUAGE_CODE" in refused.stderr
+
+
 def test_s3_storage_without_credentials_is_a_clear_error(tmp_path: Path) -> None:
     result = manage(
         "check", env={"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_DEBUG": "true", "SIMSEARCH_STORAGE": "s3"}

@@ -154,6 +154,11 @@ def test_build_page_status_follows_the_progress_and_says_when_ready(tmp_path: Pa
         page.click("input[type=submit]")
         status = page.locator(f'.build-status[data-build="{build.pk}"]')
         expect(status).to_have_text("Queued")
+        # Status, progress, counts and model are all on screen at 1366 px, without scrolling sideways.
+        for cell in ("td.field-status_label", "td.field-progress", "td.field-counts", "td.field-model_label"):
+            box = page.locator(cell).first.bounding_box()
+            assert box is not None and box["width"] > 0 and box["x"] + box["width"] <= 1366, (cell, box)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1366
         # A marker a reload would wipe: the running step must be shown without one.
         page.evaluate("window.notReloaded = true")
         update_build(build.pk, status="running", progress_done=3, progress_total=6, heartbeat_at=timezone.now())

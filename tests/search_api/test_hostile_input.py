@@ -128,7 +128,7 @@ def test_a_form_that_is_not_utf8_is_a_400(api, body):
 def test_a_multipart_field_that_is_not_utf8_is_a_400(api, product):
     boundary = "simsearch-boundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n".encode()
+        f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n'.encode()
         + b"\xff\xfe dent\r\n"
         + f"--{boundary}--\r\n".encode()
     )

@@ -5,11 +5,13 @@ import signal
 import socket
 import subprocess
 import sys
+import unicodedata
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext
 from rest_framework.authtoken.models import Token
 
 from catalog.management.commands.create_demo_admin import PASSWORD, USERNAME
@@ -58,24 +60,48 @@ class Command(BaseCommand):
 
 def demo_banner(base: str) -> str:
     """The last thing `make demo` prints before the server's own log: everything a first user
-    needs (the token and the weights warning were printed far up, before the index builds)."""
+    needs (the token and the weights warning were printed far up, before the index builds). In the
+    language of DJANGO_LANGUAGE_CODE, like the pages a first user then opens; labels keep their
+    column, whatever their width in that language."""
     token = Token.objects.filter(user__username=USERNAME).values_list("key", flat=True).first()
-    lines = [
-        "",
-        "simsearch demo is starting (Ctrl-C stops the web server and the task queue).",
-        f"  Start:     {base}/",
-        f"  Admin:     {base}/admin/   (user {USERNAME}, password {PASSWORD})",
-        f"  API:       {base}/api/",
-        f"  API docs:  {base}/api/docs/",
-        f"  API token: Authorization: Token {token}" if token else "  API token: none (run create_demo_admin)",
-        f"  Data:      {settings.DATA_DIR}",
+    rows = [
+        (gettext("Start"), f"{base}/"),
+        (
+            gettext("Admin"),
+            f"{base}/admin/   "
+            + gettext("(user %(username)s, password %(password)s)") % {"username": USERNAME, "password": PASSWORD},
+        ),
+        ("API", f"{base}/api/"),
+        (gettext("API docs"), f"{base}/api/docs/"),
+        (
+            gettext("API token"),
+            f"Authorization: Token {token}" if token else gettext("none (run create_demo_admin)"),
+        ),
+        (gettext("Data"), str(settings.DATA_DIR)),
     ]
     # The literal, not indexing.embedder.UNTRAINED: importing the embedder loads torch into the
     # web server's parent process. demo_weights' own banner scrolled away during the builds.
     if settings.SIMSEARCH_PRETRAINED == "untrained":
-        lines.append(f"  WARNING:   {settings.SIMSEARCH_MODEL} runs on {UNTRAINED_WARNING}.")
-        lines.append("             Real weights: see the README section on model weights, then `make demo` again.")
+        rows.append(
+            (
+                gettext("WARNING"),
+                gettext("%(model)s runs on %(warning)s.")
+                % {"model": settings.SIMSEARCH_MODEL, "warning": gettext(UNTRAINED_WARNING)},
+            )
+        )
+        rows.append(("", gettext("Real weights: see the README section on model weights, then `make demo` again.")))
+    width = max(_display_width(label) for label, _ in rows) + 1
+    lines = [
+        "",
+        gettext("simsearch demo is starting (Ctrl-C stops the web server and the task queue)."),
+        *(f"  {label}{':' if label else ' '}{' ' * (width - _display_width(label))}{value}" for label, value in rows),
+    ]
     return "\n".join([*lines, ""])
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: Hangul and other wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(char) in ("W", "F") else 1 for char in text)
 
 
 def _check_port_free(host: str, port: int) -> None:

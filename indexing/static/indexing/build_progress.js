@@ -2,9 +2,13 @@
 // together), say when one becomes ready or fails, and reload when one finishes or a new one
 // appears (for the counts and the active flag). A static file (not an inline script) so the page
 // runs under the Content-Security-Policy; the progress URL comes from the script tag's
-// data-progress-url.
+// data-progress-url. Its words come from Django's JavaScript catalog (jsi18n/, loaded before it).
 (function () {
   "use strict";
+  const gettext = window.gettext || function (text) { return text; };
+  const interpolate = window.interpolate || function (format, values) {
+    return format.replace(/%\(\w+\)s/g, match => String(values[match.slice(2, -2)]));
+  };
   const url = document.currentScript.dataset.progressUrl;
   const announcement = document.getElementById("build-announcement");
   // The message outlives the reload that follows it: it is kept for this tab until shown once.
@@ -36,11 +40,15 @@
   }
 
   function finishedMessage(b) {
+    const values = {id: b.id, image_type: b.image_type};
     if (b.status === "failed") {
-      return {text: "Build " + b.id + " (" + b.image_type + ") failed; the build that was active still answers searches.", failed: true};
+      const text = gettext("Build %(id)s (%(image_type)s) failed; the build that was active still answers searches.");
+      return {text: interpolate(text, values, true), failed: true};
     }
-    const active = b.is_active ? " and now answers searches" : "";
-    return {text: "Build " + b.id + " (" + b.image_type + ") is ready" + active + ".", failed: false};
+    const text = b.is_active
+      ? gettext("Build %(id)s (%(image_type)s) is ready and now answers searches.")
+      : gettext("Build %(id)s (%(image_type)s) is ready.");
+    return {text: interpolate(text, values, true), failed: false};
   }
 
   async function poll() {
@@ -54,7 +62,7 @@
       const bar = document.querySelector('progress[data-build="' + b.id + '"]');
       const text = document.querySelector('.build-progress-text[data-build="' + b.id + '"]');
       if (bar) { bar.max = Math.max(b.total, 1); bar.value = b.status === "ready" ? b.total : b.done; }
-      if (text) text.textContent = b.total ? (b.status === "ready" ? b.total : b.done) + "/" + b.total : b.status;
+      if (text) text.textContent = b.total ? (b.status === "ready" ? b.total : b.done) + "/" + b.total : b.status_label;
       showStatus(b);
       if (b.status === "ready" || b.status === "failed") {
         finished = true;
