@@ -24,6 +24,7 @@ BENCHMARKS = {
     },
     "upload_previews": {"full": ["--megapixels", "20"], "quick": ["--megapixels", "20", "--repeats", "1"]},
     "embed_memory": {"full": [], "quick": []},
+    "anomaly_quality": {"full": [], "quick": ["--no-compare"]},
     "http_load": {
         "full": ["--clients", "8", "--seconds", "20"],
         "quick": ["--clients", "8", "--seconds", "8", "--images", "100"],

@@ -20,6 +20,7 @@ from catalog.image_validation import read_limited
 from catalog.models import DefectType, Image, ImageType, Product
 from catalog.services import SkippedDuplicate, UploadedImage, image_delete, images_bulk_create, images_create
 from indexing.admin import REBUILD_ACTIONS
+from indexing.selectors import serving_anomaly_model
 from simsearch_project.errors import ServiceError
 from simsearch_project.permissions import REBUILD_INDEX
 
@@ -68,7 +69,8 @@ class ProductAdmin(admin.ModelAdmin):
     ordering = ["product_code"]
     # A product may have thousands of images: its page links to the image list filtered to it
     # (paginated, with filters and search) instead of listing every image inline.
-    readonly_fields = ["images_link"]
+    readonly_fields = ["images_link", "anomaly_model"]
+    fields = ["product_code", "product_name", "description", "images_link", "anomaly_model", "anomaly_threshold"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
         return super().get_queryset(request).annotate(image_count=Count("images"))
@@ -90,6 +92,24 @@ class ProductAdmin(admin.ModelAdmin):
             obj.pk,
             ngettext("%(count)s image of this product", "%(count)s images of this product", count) % {"count": count},
         )
+
+    @admin.display(description=_("Anomaly model"))
+    def anomaly_model(self, obj: Product) -> str:
+        model = serving_anomaly_model(product_id=obj.pk) if obj.pk else None
+        if model is None:
+            return gettext(
+                "None in the active normal index: a product needs %(needs)s normal images, then a rebuild "
+                "of the normal index."
+            ) % {"needs": settings.SIMSEARCH_ANOMALY_MIN_NORMALS}
+        auroc = (
+            gettext("image AUROC %(auroc).3f on %(count)s defect images")
+            % {"auroc": model.image_auroc, "count": model.defect_count}
+            if model.image_auroc is not None
+            else gettext("no defect images to evaluate it on")
+        )
+        return gettext(
+            "Calibrated threshold %(threshold).4f from %(count)s normal images (build %(build)s); %(auroc)s."
+        ) % {"threshold": model.threshold, "count": model.normal_count, "build": model.build_id, "auroc": auroc}
 
 
 @admin.register(DefectType)

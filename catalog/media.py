@@ -3,8 +3,8 @@
 The media folder also holds every index build's files (`metadata.json` lists the whole catalog;
 `faiss_index.bin`, `embeddings.pt`), which are for the servers only. The rule: never anything under
 SIMSEARCH_INDEX_PREFIX; otherwise catalog pictures and previews (`images/`, `thumbnails/`, the keys
-the server generates) and any other object an Image row points at (a registered query image);
-everything else is 404."""
+the server generates), anomaly results (SIMSEARCH_RESULT_PREFIX, under unguessable folder names)
+and any other object an Image row points at (a registered query image); everything else is 404."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def media_name_is_public(name: str) -> bool:
     if index_prefix and (name == index_prefix or name.startswith(index_prefix + "/")):
         return False
     if name.split("/", 1)[0] in PUBLIC_PREFIXES:
+        return True
+    # Anomaly results (heatmap, overlay, raw map) sit under a random folder name that only the
+    # client who asked was given: the link is the permission, as a presigned S3 URL is.
+    result_prefix = settings.SIMSEARCH_RESULT_PREFIX.strip("/")
+    if result_prefix and name.startswith(result_prefix + "/") and name.count("/") >= 2:
         return True
     return bool(image_names_referenced(names=[name]))
 

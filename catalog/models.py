@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -22,6 +22,16 @@ class Product(models.Model):
     product_code = models.CharField(_("product code"), max_length=64, unique=True, validators=[code_validator])
     product_name = models.CharField(_("product name"), max_length=200)
     description = models.TextField(_("description"), blank=True)
+    anomaly_threshold = models.FloatField(
+        _("anomaly threshold (override)"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0)],
+        help_text=_(
+            "Leave empty to use the threshold calibrated from this product's normal images at each "
+            "build. A value here decides the verdict of every anomaly check of this product instead."
+        ),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 

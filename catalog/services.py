@@ -387,7 +387,12 @@ def temp_image_register(
 
 
 def _server_managed_prefixes() -> tuple[str, ...]:
-    return ("images", "thumbnails", settings.SIMSEARCH_INDEX_PREFIX.strip("/"))
+    return (
+        "images",
+        "thumbnails",
+        settings.SIMSEARCH_INDEX_PREFIX.strip("/"),
+        settings.SIMSEARCH_RESULT_PREFIX.strip("/"),
+    )
 
 
 def _refuse_server_object(key: str) -> None:

@@ -86,7 +86,8 @@ def read_stored(name: str) -> bytes:
 
 
 def delete_prefix(prefix: str, *, storage: Storage | None = None) -> int:
-    """Delete every object under `prefix` (a folder locally, a key prefix on S3)."""
+    """Delete every object under `prefix` (a folder locally, removed with its files; a key prefix
+    on S3)."""
     storage = storage or default_storage
     deleted = 0
     try:
@@ -98,6 +99,12 @@ def delete_prefix(prefix: str, *, storage: Storage | None = None) -> int:
         deleted += 1
     for folder in folders:
         deleted += delete_prefix(f"{prefix.rstrip('/')}/{folder}", storage=storage)
+    if isinstance(storage, FileSystemStorage):
+        # A local folder outlives its files (S3 has no folders): remove it too, once empty.
+        try:
+            os.rmdir(storage.path(prefix))
+        except OSError:  # not empty (a file written meanwhile), or already gone
+            pass
     return deleted
 
 

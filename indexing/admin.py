@@ -12,7 +12,7 @@ from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild
+from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild, ProductAnomalyModel
 from indexing.selectors import serving_engine
 from indexing.services import builds_fail_stale, index_build_activate, index_build_request
 from simsearch_project.errors import ServiceError
@@ -20,6 +20,30 @@ from simsearch_project.permissions import ACTIVATE_INDEX_BUILD, REBUILD_INDEX
 
 # Marked here, translated where it is shown (gettext), in the language of that request or banner.
 UNTRAINED_WARNING = gettext_noop("untrained weights — similarity is not meaningful; demo/test only")
+
+
+class ProductAnomalyModelInline(admin.TabularInline):
+    """A normal build's anomaly models, with the figure that says how well each one works."""
+
+    model = ProductAnomalyModel
+    fk_name = "build"
+    extra = 0
+    can_delete = False
+    fields = [
+        "product",
+        "normal_count",
+        "threshold",
+        "image_auroc",
+        "defect_count",
+        "bank_size",
+        "size_bytes",
+        "reused_from",
+        "fit_seconds",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: IndexBuild | None = None) -> bool:
+        return False
 
 
 def request_rebuild(request: HttpRequest, index_type: str) -> list[IndexBuild]:
@@ -97,6 +121,7 @@ class IndexBuildAdmin(admin.ModelAdmin):
     list_select_related = ["requested_by"]
     actions = ["activate_builds"]
     readonly_fields = [f.name for f in IndexBuild._meta.fields]
+    inlines = [ProductAnomalyModelInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -39,9 +39,15 @@ def sha256_hex(data: bytes) -> str:
 
 
 def pack_artifacts(
-    *, ids: np.ndarray, vectors: np.ndarray, metadata: list[dict[str, Any]], manifest: dict[str, Any]
+    *,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    metadata: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> dict[str, bytes]:
-    """All four files as bytes; the manifest records the size and sha256 of the others."""
+    """All four files as bytes, plus `extra_files` (a normal build's anomaly models, loaded on
+    demand); the manifest records the size and sha256 of every other file."""
     index = vector_index.build_index(vectors, ids)
     embeddings = io.BytesIO()
     torch.save(
@@ -51,6 +57,7 @@ def pack_artifacts(
         INDEX_FILE: vector_index.serialize(index),
         EMBEDDINGS_FILE: embeddings.getvalue(),
         METADATA_FILE: json.dumps(metadata, ensure_ascii=False, indent=1).encode("utf-8"),
+        **(extra_files or {}),
     }
     manifest = {
         **manifest,

@@ -127,3 +127,53 @@ class CachedEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"Embedding of {self.sha256[:12]} ({self.model_fingerprint[:12]})"
+
+
+class ProductAnomalyModel(models.Model):
+    """One product's anomaly model (patch memory bank + calibrated threshold), an artifact of a
+    normal-index build: activated, rolled back and pruned with it. The file lives under the
+    build's artifact prefix; its sha256 is also in the build's manifest, which the database pins."""
+
+    build = models.ForeignKey(
+        IndexBuild, on_delete=models.CASCADE, related_name="anomaly_models", verbose_name=_("index build")
+    )
+    product = models.ForeignKey(
+        "catalog.Product", on_delete=models.CASCADE, related_name="anomaly_models", verbose_name=_("product")
+    )
+    file_name = models.CharField(_("file name"), max_length=200)
+    sha256 = models.CharField(_("SHA-256"), max_length=64)
+    size_bytes = models.PositiveBigIntegerField(_("size (bytes)"), default=0)
+    normal_count = models.PositiveIntegerField(_("normal images"), default=0)
+    bank_size = models.PositiveIntegerField(_("memory bank patches"), default=0)
+    threshold = models.FloatField(_("calibrated threshold"))
+    image_auroc = models.FloatField(
+        _("image AUROC"),
+        null=True,
+        blank=True,
+        help_text=_("The product's defect images against its normal images (leave-one-out); empty without defects."),
+    )
+    defect_count = models.PositiveIntegerField(_("defect images evaluated"), default=0)
+    normal_set_sha256 = models.CharField(
+        _("normal set SHA-256"),
+        max_length=64,
+        help_text=_("Hash of the normal images and the feature model: equal means the next build reuses this model."),
+    )
+    eval_set_sha256 = models.CharField(_("evaluation set SHA-256"), max_length=64, blank=True)
+    reused_from = models.ForeignKey(
+        IndexBuild,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("reused from build"),
+    )
+    fit_seconds = models.FloatField(_("fit time (s)"), default=0.0)
+
+    class Meta:
+        ordering = ["build", "product"]
+        verbose_name = _("product anomaly model")
+        verbose_name_plural = _("product anomaly models")
+        constraints = [models.UniqueConstraint(fields=["build", "product"], name="one_anomaly_model_per_build")]
+
+    def __str__(self) -> str:
+        return f"{self.product_id} @ build {self.build_id}"

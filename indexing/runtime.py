@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 from django.conf import settings
 
+from indexing.anomaly import PatchFeatureExtractor
 from indexing.embedder import Embedder, get_embedder, resolve_device
 
 
@@ -15,3 +18,28 @@ def current_embedder() -> Embedder:
         device=resolve_device(settings.SIMSEARCH_DEVICE),
         threads=settings.SIMSEARCH_TORCH_THREADS or None,
     )
+
+
+_extractors: dict[tuple[str, str, int, str], PatchFeatureExtractor] = {}
+_extractors_lock = threading.Lock()
+
+
+def current_patch_extractor() -> PatchFeatureExtractor:
+    """The anomaly check's patch-feature extractor for SIMSEARCH_ANOMALY_* (one per process)."""
+    device = resolve_device(settings.SIMSEARCH_DEVICE)
+    key = (
+        settings.SIMSEARCH_ANOMALY_BACKBONE,
+        settings.SIMSEARCH_ANOMALY_WEIGHTS,
+        settings.SIMSEARCH_ANOMALY_INPUT_SIZE,
+        device,
+    )
+    with _extractors_lock:
+        if key not in _extractors:
+            _extractors[key] = PatchFeatureExtractor(
+                backbone=key[0],
+                weights=key[1],
+                input_size=key[2],
+                device=device,
+                threads=settings.SIMSEARCH_TORCH_THREADS or None,
+            )
+        return _extractors[key]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 
 from catalog.models import Image
-from indexing.models import BuildStatus, IndexBuild, IndexEngine
+from indexing.models import BuildStatus, GalleryType, IndexBuild, IndexEngine, ProductAnomalyModel
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,21 @@ def builds_existing(build_ids: list[int]) -> set[int]:
 
 def serving_engine(use_index_v2: bool) -> str:
     return IndexEngine.V2 if use_index_v2 else IndexEngine.V1
+
+
+def build_artifact_prefix(build_id: int) -> str | None:
+    return IndexBuild.objects.filter(pk=build_id).values_list("artifact_prefix", flat=True).first()
+
+
+def serving_anomaly_model(*, product_id: int) -> ProductAnomalyModel | None:
+    """The product's anomaly model in the active normal (V2) build, if it has one."""
+    return (
+        ProductAnomalyModel.objects.filter(
+            product_id=product_id,
+            build__is_active=True,
+            build__engine=IndexEngine.V2,
+            build__image_type=GalleryType.NORMAL,
+        )
+        .select_related("build")
+        .first()
+    )

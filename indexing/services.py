@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,24 @@ from django.db.models import F
 from django.utils import timezone, translation
 from django.utils.translation import gettext, gettext_noop
 
+from catalog.models import Product
 from catalog.storage import existing_names, read_object
 from indexing import artifact_store
+from indexing.anomaly import AnomalyModel, auroc, fit_anomaly_model
+from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
 from indexing.embedder import Embedder
 from indexing.legacy import scan_legacy_folder
-from indexing.models import PENDING_STATUSES, BuildStatus, CachedEmbedding, GalleryType, IndexBuild, IndexEngine
-from indexing.runtime import current_embedder
+from indexing.models import (
+    PENDING_STATUSES,
+    BuildStatus,
+    CachedEmbedding,
+    GalleryType,
+    IndexBuild,
+    IndexEngine,
+    ProductAnomalyModel,
+)
+from indexing.runtime import current_embedder, current_patch_extractor
 from indexing.selectors import gallery_rows
 from simsearch_project.errors import Conflict, NotFound, ServiceError, safe_reason
 
@@ -354,6 +365,11 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         "reused_count": reused_count,
         "missing_count": missing_count,
     }
+    anomaly = AnomalyModels()
+    if build.engine == IndexEngine.V2 and build.image_type == GalleryType.NORMAL:
+        step = time.perf_counter()
+        anomaly = _anomaly_models_fit(kept)
+        timings["anomaly_s"] = round(time.perf_counter() - step, 3)
     manifest = {
         "build_id": build.pk,
         "engine": build.engine,
@@ -368,8 +384,11 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         "counts": {**counts, "rejected_names": len(rejected)},
         "rejected_names": [{"name": n, "reason": r} for n, r in rejected[:1000]],
         "timings": timings,
+        "anomaly_models": anomaly.entries,
     }
-    files = pack_artifacts(ids=ids, vectors=vectors, metadata=[s.record for s in kept], manifest=manifest)
+    files = pack_artifacts(
+        ids=ids, vectors=vectors, metadata=[s.record for s in kept], manifest=manifest, extra_files=anomaly.files
+    )
     artifact_store.storage_write(prefix, files)
     timings["write_s"] = round(time.perf_counter() - step, 3)
     timings["total_s"] = round(time.perf_counter() - started, 3)
@@ -389,6 +408,7 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
             raise ServiceError(
                 gettext("Build %(id)s was marked failed while it was writing its files.") % {"id": build.pk}
             )
+        ProductAnomalyModel.objects.bulk_create([ProductAnomalyModel(build_id=build.pk, **row) for row in anomaly.rows])
         index_build_activate(build=IndexBuild.objects.get(pk=build.pk))
     logger.info(
         "Index build %s ready: %s vectors (%s embedded, %s reused, %s missing) in %.1f s",
@@ -399,6 +419,148 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         missing_count,
         timings["total_s"],
     )
+
+
+# --- anomaly models (a normal build's per-product artifacts) ------------------------------------
+
+
+@dataclass
+class AnomalyModels:
+    files: dict[str, bytes] = field(default_factory=dict)  # artifact name -> .npz
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # product code -> manifest entry
+    rows: list[dict[str, Any]] = field(default_factory=list)  # ProductAnomalyModel fields
+
+
+def anomaly_file_name(product_code: str) -> str:
+    return f"anomaly-{product_code}.npz"
+
+
+def _set_hash(extractor_fingerprint: str, hashes: list[str]) -> str:
+    return hashlib.sha256(" ".join([extractor_fingerprint, *sorted(set(hashes))]).encode()).hexdigest()
+
+
+def _spread(items: list[Any], limit: int) -> list[Any]:
+    """At most `limit` items, evenly spaced (a bounded, repeatable sample)."""
+    if len(items) <= limit:
+        return items
+    return [items[round(i * (len(items) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else items[:1]
+
+
+def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
+    """Per product with at least SIMSEARCH_ANOMALY_MIN_NORMALS distinct normal pictures: a memory
+    bank of their patch features and a leave-one-out threshold, reused from an earlier build when
+    the product's normal pictures and the feature model are the same, and its image AUROC on the
+    product's defect images."""
+    extractor = current_patch_extractor()
+    by_product: dict[str, dict[str, GallerySource]] = {}
+    for source in kept:
+        by_product.setdefault(source.record["product_code"], {}).setdefault(source.sha256, source)
+    defects: dict[str, dict[str, str]] = {}
+    for row in gallery_rows(image_type=GalleryType.DEFECT):
+        defects.setdefault(row.product_code, {}).setdefault(row.sha256, row.file_name)
+    products = {p.product_code: p.pk for p in Product.objects.filter(product_code__in=list(by_product))}
+    result = AnomalyModels()
+    for code, pictures in sorted(by_product.items()):
+        if len(pictures) < settings.SIMSEARCH_ANOMALY_MIN_NORMALS or code not in products:
+            continue
+        started = time.perf_counter()
+        normals = _spread(sorted(pictures.values(), key=lambda s: s.image_id), settings.SIMSEARCH_ANOMALY_MAX_NORMALS)
+        normal_set = _set_hash(extractor.fingerprint, [s.sha256 for s in normals])
+        defect_files = _spread(sorted(defects.get(code, {}).items()), settings.SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS)
+        eval_set = _set_hash(normal_set, [sha for sha, _ in defect_files])
+        previous = _reusable_anomaly_model(products[code], normal_set)
+        reused_from = None
+        if previous is not None:
+            data, row = previous
+            model = AnomalyModel.from_bytes(data)
+            reused_from = row.build_id
+            auroc_value = row.image_auroc if row.eval_set_sha256 == eval_set else _anomaly_auroc(model, defect_files)
+        else:
+            features = extractor.extract([s.read() for s in normals])
+            model = fit_anomaly_model(
+                features,
+                feature_fingerprint=extractor.fingerprint,
+                input_size=extractor.input_size,
+                normal_ids=[s.image_id for s in normals],
+            )
+            del features
+            data = model.to_bytes()
+            auroc_value = _anomaly_auroc(model, defect_files)
+        name = anomaly_file_name(code)
+        sha = sha256_hex(data)
+        result.files[name] = data
+        result.entries[code] = {
+            "file": name,
+            "sha256": sha,
+            "normal_count": model.normal_count,
+            "threshold": model.threshold,
+            "map_scale": model.map_scale,
+            "image_auroc": auroc_value,
+            "defect_count": len(defect_files),
+            "feature_fingerprint": extractor.fingerprint,
+            "backbone": extractor.backbone,
+            "is_untrained": extractor.is_untrained,
+        }
+        result.rows.append(
+            {
+                "product_id": products[code],
+                "file_name": name,
+                "sha256": sha,
+                "size_bytes": len(data),
+                "normal_count": model.normal_count,
+                "bank_size": len(model.features),
+                "threshold": model.threshold,
+                "image_auroc": auroc_value,
+                "defect_count": len(defect_files),
+                "normal_set_sha256": normal_set,
+                "eval_set_sha256": eval_set,
+                "reused_from_id": reused_from,
+                "fit_seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+    return result
+
+
+def _reusable_anomaly_model(product_id: int, normal_set: str) -> tuple[bytes, ProductAnomalyModel] | None:
+    """The newest ready build's model of the same normal pictures and feature model, if its file
+    is still there and intact."""
+    row = (
+        ProductAnomalyModel.objects.filter(
+            product_id=product_id, normal_set_sha256=normal_set, build__status=BuildStatus.READY
+        )
+        .select_related("build")
+        .order_by("-build_id")
+        .first()
+    )
+    if row is None:
+        return None
+    try:
+        data = read_object(f"{row.build.artifact_prefix}/{row.file_name}")
+    except Exception:  # pruned meanwhile, storage hiccup: fit it again
+        logger.warning("Could not reuse the anomaly model of build %s; fitting it again", row.build_id, exc_info=True)
+        return None
+    return (data, row) if sha256_hex(data) == row.sha256 else None
+
+
+def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> float | None:
+    """Image AUROC: the product's defect images (scored against the model) against its normal
+    images' leave-one-out scores. None without defect images."""
+    normal_scores = model.calibration_scores[np.isfinite(model.calibration_scores)]
+    if not defect_files or not len(normal_scores):
+        return None
+    extractor = current_patch_extractor()
+    defect_scores = []
+    for _, name in defect_files:
+        try:
+            features = extractor.extract([read_object(name)])[0]
+        except Exception:  # a file gone or undecodable since upload: leave it out of the figure
+            logger.warning("Anomaly evaluation skipped %s", name, exc_info=True)
+            continue
+        defect_scores.append(anomaly_score(model, features).score)
+    if not defect_scores:
+        return None
+    labels = [False] * len(normal_scores) + [True] * len(defect_scores)
+    return round(auroc(labels, [*normal_scores.tolist(), *defect_scores]), 4)
 
 
 def _fail(build: IndexBuild, reason: str) -> None:

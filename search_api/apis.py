@@ -29,6 +29,9 @@ from indexing.services import builds_fail_stale, index_build_activate, index_bui
 from search_api.index_cache import index_cache
 from search_api.models import SearchSource
 from search_api.serializers import (
+    AnomalyDetectJsonRequestSerializer,
+    AnomalyDetectRequestSerializer,
+    AnomalyDetectResponseSerializer,
     IndexBuildPublicSerializer,
     IndexBuildSerializer,
     IndexStatusResponseSerializer,
@@ -40,7 +43,16 @@ from search_api.serializers import (
     WorkerImageRegisterResponseSerializer,
     WorkerImageRegisterSerializer,
 )
-from search_api.services import UNTRAINED_WARNING, SearchInput, V1Hit, V2Hit, search_run
+from search_api.services import (
+    ANOMALY_UNTRAINED_WARNING,
+    UNTRAINED_WARNING,
+    AnomalyInput,
+    SearchInput,
+    V1Hit,
+    V2Hit,
+    anomaly_check,
+    search_run,
+)
 from simsearch_project.drf_defaults import BoundedJSONParser, StrictFormParser, StrictMultiPartParser
 from simsearch_project.errors import NotFound
 from simsearch_project.permissions import (
@@ -162,6 +174,79 @@ class SimilaritySearchApi(generics.GenericAPIView):
             "defect_name_en": hit.defect_name_en,
             "image_type": hit.image_type,
         }
+
+
+class AnomalyDetectApi(generics.GenericAPIView):
+    """Check a photo against the normal images of its product: anomaly score, verdict against the
+    product's threshold, heatmap, overlay and raw map (links that expire), nearest normal image."""
+
+    serializer_class = AnomalyDetectRequestSerializer
+    parser_classes = [StrictMultiPartParser, StrictFormParser, BoundedJSONParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "search"
+
+    @extend_schema(
+        request={
+            "multipart/form-data": AnomalyDetectRequestSerializer,
+            "application/x-www-form-urlencoded": AnomalyDetectJsonRequestSerializer,
+            "application/json": AnomalyDetectJsonRequestSerializer,
+        },
+        responses={
+            200: AnomalyDetectResponseSerializer,
+            400: OpenApiResponse(description="Invalid query (the body names the problem)"),
+            404: OpenApiResponse(description="image_id or storage object not found"),
+            409: OpenApiResponse(description="The product has no anomaly model yet, or other features: rebuild"),
+            503: OpenApiResponse(description="No active normal index (run a rebuild), or storage unavailable"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        params = AnomalyDetectRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        upload = data.get("image")
+        try:
+            query = AnomalyInput(
+                product_code=data.get("product_code") or None,
+                upload=read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES) if upload else None,
+                upload_name=(upload.name if upload else None) or "upload",
+                image_id=data.get("image_id"),
+                storage_url=data.get("storage_url") or None,
+                request_host=request.get_host(),
+                source=SearchSource.API,
+            )
+        finally:
+            if upload:
+                upload.close()
+        outcome = anomaly_check(query=query, user=request.user)
+        nearest = outcome.nearest_normal
+        body: dict[str, Any] = {
+            "status": "success",
+            "product_code": outcome.product_code,
+            "anomaly_score": outcome.score,
+            "threshold": outcome.threshold,
+            "calibrated_threshold": outcome.calibrated_threshold,
+            "is_anomalous": outcome.is_anomalous,
+            "heatmap_url": _absolute_url(request, default_storage.url(outcome.heatmap_key)),
+            "overlay_url": _absolute_url(request, default_storage.url(outcome.overlay_key)),
+            "anomaly_map_url": _absolute_url(request, default_storage.url(outcome.anomaly_map_key)),
+            "anomaly_map_scale": outcome.map_scale,
+            "nearest_normal": {
+                "image_id": nearest.image_id,
+                "similarity_score": nearest.score,
+                "storage_url": _absolute_url(request, default_storage.url(nearest.local_path)),
+            }
+            if nearest
+            else None,
+            "index": _index_info(outcome.index),
+            "anomaly_features": {
+                "backbone": settings.SIMSEARCH_ANOMALY_BACKBONE,
+                "is_untrained": outcome.features_untrained,
+            },
+            "expires_at": outcome.expires_at,
+        }
+        if outcome.features_untrained:
+            body["warning"] = str(ANOMALY_UNTRAINED_WARNING)
+        return Response(body)
 
 
 class IndexRebuildApi(APIView):

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.storage import default_storage
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -16,12 +17,15 @@ from django.utils.translation import gettext as _
 from catalog.selectors import images_by_id
 from indexing.models import IndexEngine
 from indexing.selectors import active_builds
-from search_api.forms import SearchConsoleForm
+from search_api.forms import ConsoleMode, SearchConsoleForm
 from search_api.services import (
+    ANOMALY_UNTRAINED_WARNING,
     UNTRAINED_WARNING,
+    AnomalyOutcome,
     EngineComparison,
     SearchResult,
     V2Hit,
+    anomaly_check,
     search_compare,
     search_run,
 )
@@ -40,13 +44,16 @@ def search_console(request: HttpRequest) -> HttpResponse:
     form = SearchConsoleForm(data, request.FILES or None, admin_site=admin.site, compare_available=compare_available)
     result: SearchResult | None = None
     comparison: EngineComparison | None = None
+    anomaly: AnomalyOutcome | None = None
     if data is not None and form.is_valid():
-        query = form.search_input(request_host=request.get_host())
+        host = request.get_host()
         try:
-            if form.cleaned_data["compare"]:
-                comparison = search_compare(query=query, user=request.user)
+            if form.cleaned_data["mode"] == ConsoleMode.ANOMALY:
+                anomaly = anomaly_check(query=form.anomaly_input(request_host=host), user=request.user)
+            elif form.cleaned_data["compare"]:
+                comparison = search_compare(query=form.search_input(request_host=host), user=request.user)
             else:
-                result = search_run(query=query, user=request.user)
+                result = search_run(query=form.search_input(request_host=host), user=request.user)
         except ValidationError as exc:
             form.add_error(None, " ".join(exc.messages))
         except ServiceError as exc:  # no index yet, model mismatch, storage down, ...
@@ -59,6 +66,7 @@ def search_console(request: HttpRequest) -> HttpResponse:
         "form": form,
         "media": form.media,
         "comparison": comparison,
+        "anomaly": _anomaly_panel(anomaly) if anomaly else None,
         "answers": [{"result": answer, "cards": _cards(answer, shared)} for answer in answers],
         "untrained_warning": UNTRAINED_WARNING
         if any(answer.index.manifest.get("is_untrained") for answer in answers)
@@ -92,3 +100,20 @@ def _cards(result: SearchResult, shared: frozenset[str]) -> list[dict[str, Any]]
             card |= {"image_id": "", "product": hit.product, "defect": hit.defect or "", "path": hit.image_path}
         cards.append(card)
     return cards
+
+
+def _anomaly_panel(outcome: AnomalyOutcome) -> dict[str, Any]:
+    nearest = outcome.nearest_normal
+    rows = images_by_id(ids=[nearest.image_id]) if nearest else {}
+    image = rows.get(nearest.image_id) if nearest else None
+    return {
+        "outcome": outcome,
+        "percent": max(0.0, min(100.0, outcome.score / outcome.map_scale * 100)),
+        "threshold_percent": max(0.0, min(100.0, outcome.threshold / outcome.map_scale * 100)),
+        "overlay_url": default_storage.url(outcome.overlay_key),
+        "heatmap_url": default_storage.url(outcome.heatmap_key),
+        "anomaly_map_url": default_storage.url(outcome.anomaly_map_key),
+        "nearest_url": (image.thumbnail or image.file).url if image else "",
+        "nearest_change_url": reverse("admin:catalog_image_change", args=[nearest.image_id]) if nearest else "",
+        "untrained_warning": ANOMALY_UNTRAINED_WARNING if outcome.features_untrained else "",
+    }

@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from catalog.forms import use_image_autocomplete
@@ -13,12 +14,26 @@ from catalog.image_validation import read_limited
 from catalog.models import DefectType, Product
 from indexing.models import GalleryType
 from search_api.models import SearchSource
-from search_api.services import SearchInput
+from search_api.services import AnomalyInput, SearchInput
+
+
+class ConsoleMode(models.TextChoices):
+    SEARCH = "search", _("Similarity search")
+    ANOMALY = "anomaly", _("Anomaly check")
 
 
 class SearchConsoleForm(forms.Form):
-    """The staff console's query: a photo, a catalog image or a text, with filters."""
+    """The staff console's query: a photo, a catalog image or a text, with filters; or, in the
+    anomaly mode, a photo or catalog image checked against its product's normal images."""
 
+    mode = forms.ChoiceField(
+        required=False,  # "Find similar" links and older bookmarks: a search
+        label=_("Mode"),
+        choices=ConsoleMode.choices,
+        initial=ConsoleMode.SEARCH,
+        widget=forms.RadioSelect,
+        help_text=_("An anomaly check needs a photo (or a catalog image) and its product."),
+    )
     photo = forms.ImageField(
         required=False, label=_("Photo"), help_text=_("A photo of the part (JPEG, PNG, BMP, TIFF, WEBP).")
     )
@@ -63,6 +78,12 @@ class SearchConsoleForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         given = [name for name in ("photo", "image_id", "text") if cleaned.get(name) not in (None, "")]
+        if cleaned.get("mode") == ConsoleMode.ANOMALY:
+            if len(given) != 1 or given == ["text"]:
+                raise ValidationError(_("An anomaly check needs exactly one photo or catalog image id (no text)."))
+            if not cleaned.get("product") and not cleaned.get("image_id"):
+                self.add_error("product", _("Choose the product of the part in the photo."))
+            return cleaned
         if len(given) != 1:
             raise ValidationError(_("Give exactly one query: a photo, a catalog image id or a text."))
         if cleaned.get("defect_type") and cleaned.get("image_type") == GalleryType.NORMAL:
@@ -84,6 +105,18 @@ class SearchConsoleForm(forms.Form):
             product_code=product.product_code if product else None,
             defect_code=defect_type.defect_code if defect_type else None,
             exclude_image_id=image_id if image_id and data.get("exclude_self") else None,
+            request_host=request_host,
+            source=SearchSource.CONSOLE,
+        )
+
+    def anomaly_input(self, *, request_host: str) -> AnomalyInput:
+        data = self.cleaned_data
+        photo, product = data.get("photo"), data.get("product")
+        return AnomalyInput(
+            product_code=product.product_code if product else None,
+            upload=read_limited(photo, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES) if photo else None,
+            upload_name=photo.name if photo else "upload",
+            image_id=data.get("image_id"),
             request_host=request_host,
             source=SearchSource.CONSOLE,
         )

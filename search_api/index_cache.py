@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
+from catalog.storage import read_object
 from indexing import artifact_store
-from indexing.artifacts import ArtifactError, LoadedIndex, unpack_artifacts
+from indexing.anomaly import AnomalyModel
+from indexing.artifacts import ArtifactError, LoadedIndex, sha256_hex, unpack_artifacts
 from indexing.models import GalleryType, IndexEngine
-from indexing.selectors import ActiveBuild, active_builds, builds_existing
+from indexing.selectors import ActiveBuild, active_builds, build_artifact_prefix, builds_existing
 from simsearch_project.errors import safe_reason
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class IndexCache:
         self._checked_at = float("-inf")
         self._refresh_lock = threading.Lock()
         self._started = False
+        self._anomaly_models: dict[tuple[int, str], AnomalyModel] = {}
 
     # -- read path --------------------------------------------------------------------------
 
@@ -145,12 +148,34 @@ class IndexCache:
         except Exception:
             logger.exception("SIMSEARCH_REBUILD_ON_STARTUP: could not request the start-up rebuild")
 
+    # -- anomaly models (a normal build's per-product artifacts, loaded on first use) ---------
+
+    def anomaly_model(self, loaded: LoadedIndex, product_code: str) -> AnomalyModel:
+        """The product's anomaly model of this build. Its file is checked against the sha256 in the
+        manifest (which the database pins); models of builds no longer served are dropped."""
+        key = (loaded.build_id, product_code)
+        model = self._anomaly_models.get(key)
+        if model is None:
+            name = loaded.manifest["anomaly_models"][product_code]["file"]
+            expected = loaded.manifest["files"][name]["sha256"]
+            prefix = build_artifact_prefix(loaded.build_id)
+            if prefix is None:
+                raise ArtifactError(f"build {loaded.build_id} was removed")
+            data = read_object(f"{prefix}/{name}")
+            if sha256_hex(data) != expected:
+                raise ArtifactError(f"{name} of build {loaded.build_id} does not match its manifest")
+            model = AnomalyModel.from_bytes(data)
+            serving = {index.build_id for index in self._state.loaded.values()}
+            self._anomaly_models = {k: v for k, v in self._anomaly_models.items() if k[0] in serving} | {key: model}
+        return model
+
     def reset(self) -> None:
         """Forget everything (tests; a process that must reload from scratch)."""
         with self._refresh_lock:
             self._state = CacheState()
             self._checked_at = float("-inf")
             self._started = False
+            self._anomaly_models = {}
 
 
 index_cache = IndexCache()

@@ -11,6 +11,8 @@ class QueryKind(models.TextChoices):
     IMAGE_ID = "image_id", _("Catalog image")
     STORAGE_URL = "storage_url", _("Storage URL")
     TEXT = "text", _("Text")
+    # An anomaly check (any input; the input kind is in the row's filters).
+    ANOMALY = "anomaly", _("Anomaly check")
 
 
 class SearchSource(models.TextChoices):

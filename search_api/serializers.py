@@ -63,6 +63,48 @@ class SimilaritySearchJsonRequestSerializer(SimilaritySearchRequestSerializer):
     image = None
 
 
+class AnomalyDetectRequestSerializer(serializers.Serializer):
+    """Exactly one photo: `image` (multipart file), `image_id` or `storage_url`; `product_code`
+    unless `image_id` gives the product."""
+
+    image = serializers.FileField(required=False, help_text=_("The photo to check (JPEG, PNG, BMP, TIFF, WEBP)."))
+    image_id = StrictIntegerField(required=False, min_value=1, help_text=_("Check a catalog image."))
+    storage_url = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text=_("A link to an object in this deployment's bucket or media."),
+    )
+    product_code = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text=_("The product in the photo (required unless image_id gives it)."),
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        given = [name for name in ("image", "image_id", "storage_url") if attrs.get(name) not in (None, "")]
+        if len(given) != 1:
+            message = (
+                gettext("Send exactly one of image, image_id or storage_url (got %(given)s).")
+                % {"given": ", ".join(given)}
+                if given
+                else gettext("Send exactly one of image, image_id or storage_url.")
+            )
+            raise serializers.ValidationError({"query": message})
+        if not attrs.get("product_code") and attrs.get("image_id") is None:
+            raise serializers.ValidationError(
+                {"product_code": gettext("Give the product_code of the part in the photo.")}
+            )
+        return attrs
+
+
+class AnomalyDetectJsonRequestSerializer(AnomalyDetectRequestSerializer):
+    """A check without a file (JSON or a urlencoded form): image_id or storage_url."""
+
+    image = None
+
+
 class IndexInfoSerializer(serializers.Serializer):
     build_id = serializers.IntegerField()
     image_type = serializers.CharField()
@@ -95,6 +137,37 @@ class SimilaritySearchResponseSerializer(serializers.Serializer):
     results = V2ResultSerializer(
         many=True, help_text=_("V1 answers carry image_path, similarity_score, product, defect.")
     )
+    warning = serializers.CharField(required=False)
+
+
+class NearestNormalSerializer(serializers.Serializer):
+    image_id = serializers.IntegerField()
+    similarity_score = serializers.FloatField()
+    storage_url = serializers.CharField()
+
+
+class AnomalyFeaturesSerializer(serializers.Serializer):
+    backbone = serializers.CharField()
+    is_untrained = serializers.BooleanField()
+
+
+class AnomalyDetectResponseSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    product_code = serializers.CharField()
+    anomaly_score = serializers.FloatField()
+    threshold = serializers.FloatField()
+    calibrated_threshold = serializers.FloatField()
+    is_anomalous = serializers.BooleanField()
+    heatmap_url = serializers.CharField()
+    overlay_url = serializers.CharField()
+    anomaly_map_url = serializers.CharField(
+        help_text=_("16-bit greyscale PNG at the photo's size: distance = pixel / 65535 × anomaly_map_scale.")
+    )
+    anomaly_map_scale = serializers.FloatField()
+    nearest_normal = NearestNormalSerializer(allow_null=True)
+    index = IndexInfoSerializer()
+    anomaly_features = AnomalyFeaturesSerializer()
+    expires_at = serializers.DateTimeField()
     warning = serializers.CharField(required=False)
 
 

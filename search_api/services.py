@@ -7,31 +7,43 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from catalog.models import Product
 from catalog.selectors import defect_type_get_by_code, image_list_visible_to, product_get_by_code
 from catalog.services import image_inspect
-from catalog.storage import read_stored
+from catalog.storage import delete_prefix, read_stored
 from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
+from indexing.anomaly import PatchFeatureExtractor, anomaly_map_png16, heatmap_png, overlay_png, photo_size
+from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import LoadedIndex
-from indexing.models import IndexEngine
+from indexing.embedder import WeightsUnavailable
+from indexing.models import GalleryType, IndexEngine
+from indexing.runtime import current_patch_extractor
 from indexing.selectors import serving_engine
 from search_api.index_cache import index_cache
 from search_api.models import QueryKind, SearchLog, SearchSource
 from search_api.search import SearchQuery, serving_index, similarity_search
-from simsearch_project.errors import NotFound
+from simsearch_project.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, safe_reason
 
 logger = logging.getLogger(__name__)
 
+ANOMALY_UNTRAINED_WARNING = gettext_lazy(
+    "The anomaly features come from untrained (random) weights: scores and maps are only indicative. "
+    "Set SIMSEARCH_ANOMALY_WEIGHTS to a checkpoint (see the README)."
+)
 UNTRAINED_WARNING = gettext_lazy(
     "This index was built with untrained (random) weights: similarity scores are not meaningful."
 )
@@ -302,6 +314,213 @@ def _v1_hit(record: dict[str, Any], score: float) -> V1Hit:
         defect=record["defect"],
         sha256=record.get("sha256"),
     )
+
+
+# --- anomaly check ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnomalyInput:
+    """Exactly one of `upload`, `image_id`, `storage_url`; `product_code` unless `image_id`
+    gives the product."""
+
+    product_code: str | None = None
+    upload: bytes | None = None
+    upload_name: str = "upload"
+    image_id: int | None = None
+    storage_url: str | None = None
+    request_host: str | None = None
+    source: str = SearchSource.API
+
+
+@dataclass(frozen=True)
+class AnomalyOutcome:
+    product_code: str
+    score: float
+    threshold: float  # the one the verdict used: the product's override, else the calibrated one
+    calibrated_threshold: float
+    is_anomalous: bool
+    map_scale: float  # raw map pixel / 65535 * map_scale = patch distance
+    heatmap_key: str
+    overlay_key: str
+    anomaly_map_key: str
+    nearest_normal: V2Hit | None
+    index: LoadedIndex
+    features_untrained: bool
+    expires_at: datetime
+    query_label: str
+    elapsed_ms: float
+
+
+def anomaly_check(*, query: AnomalyInput, user: Any) -> AnomalyOutcome:
+    """Score a photo against its product's anomaly model in the active normal build; write the
+    heatmap, overlay and raw map to storage (nothing is written for a rejected request) and record
+    the check. Raises ValidationError (400), NotFound, Conflict (no model, other features) or
+    ServiceUnavailable (no normal build)."""
+    started = time.perf_counter()
+    resolved = _resolve(
+        SearchInput(
+            top_k=1,
+            image_type=GalleryType.NORMAL,
+            upload=query.upload,
+            upload_name=query.upload_name,
+            image_id=query.image_id,
+            storage_url=query.storage_url,
+            request_host=query.request_host,
+        ),
+        user,
+    )
+    product = _anomaly_product(query, user)
+    loaded = serving_index(engine=IndexEngine.V2, image_type=GalleryType.NORMAL)
+    entry = loaded.manifest.get("anomaly_models", {}).get(product.product_code)
+    if entry is None:
+        has = len(loaded.ids_matching(product_code=product.product_code, defect_code=None))
+        raise Conflict(
+            _(
+                "Product “%(code)s” has no anomaly model: the active normal index (build %(build)s) holds "
+                "%(has)s of its normal images and a model needs %(needs)s. Add normal images of it and "
+                "rebuild the normal index."
+            )
+            % {
+                "code": product.product_code,
+                "build": loaded.build_id,
+                "has": has,
+                "needs": settings.SIMSEARCH_ANOMALY_MIN_NORMALS,
+            },
+            code="no_anomaly_model",
+        )
+    extractor = _patch_extractor()
+    if extractor.fingerprint != entry["feature_fingerprint"]:
+        raise Conflict(
+            _(
+                "The anomaly models of the active normal index (build %(build)s) were made with other "
+                "features than this server computes (SIMSEARCH_ANOMALY_*). Rebuild the normal index."
+            )
+            % {"build": loaded.build_id},
+            code="model_mismatch",
+        )
+    model = index_cache.anomaly_model(loaded, product.product_code)
+    image = resolved.image
+    assert image is not None  # _resolve reads a photo for every input kind but text
+    try:
+        features = extractor.extract([image])[0]
+    except Exception as exc:  # validated upstream; a decoder can still refuse odd files
+        raise ServiceError(
+            _("The query image could not be decoded (%(reason)s).") % {"reason": safe_reason(exc)}, code="bad_image"
+        ) from exc
+    threshold = product.anomaly_threshold if product.anomaly_threshold is not None else model.threshold
+    checked = anomaly_score(model, features, size=photo_size(image), threshold=threshold)
+    expires_at = timezone.now() + timedelta(seconds=settings.SIMSEARCH_RESULT_TTL_SECONDS)
+    keys = _anomaly_results_write(
+        expires_at,
+        {
+            "heatmap.png": heatmap_png(checked.anomaly_map, model.map_scale),
+            "overlay.png": overlay_png(image, checked.anomaly_map, model.map_scale),
+            "anomaly_map.png": anomaly_map_png16(checked.anomaly_map, model.map_scale),
+        },
+    )
+    nearest = loaded.records.get(checked.nearest_normal_id)
+    outcome = AnomalyOutcome(
+        product_code=product.product_code,
+        score=round(float(checked.score), 6),
+        threshold=float(threshold),
+        calibrated_threshold=float(model.threshold),
+        is_anomalous=bool(checked.is_anomalous),
+        map_scale=float(model.map_scale),
+        heatmap_key=keys["heatmap.png"],
+        overlay_key=keys["overlay.png"],
+        anomaly_map_key=keys["anomaly_map.png"],
+        nearest_normal=_v2_hit(nearest, float(checked.nearest_normal_similarity)) if nearest else None,
+        index=loaded,
+        features_untrained=bool(entry.get("is_untrained")),
+        expires_at=expires_at,
+        query_label=resolved.label,
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+    )
+    _anomaly_log_record(query=query, resolved=resolved, outcome=outcome, user=user)
+    return outcome
+
+
+def _patch_extractor() -> PatchFeatureExtractor:
+    try:
+        return current_patch_extractor()
+    except WeightsUnavailable as exc:
+        logger.error("The anomaly feature model could not be loaded: %s", exc)
+        raise ServiceUnavailable(
+            _(
+                "The anomaly feature model could not be loaded; check SIMSEARCH_ANOMALY_BACKBONE and "
+                "SIMSEARCH_ANOMALY_WEIGHTS (the server log says why)."
+            ),
+            code="model_unavailable",
+        ) from exc
+
+
+def _anomaly_product(query: AnomalyInput, user: Any) -> Product:
+    if query.product_code:
+        product = product_get_by_code(product_code=query.product_code)
+        if product is None:
+            raise _invalid("product_code", _("Unknown product code “%(code)s”.") % {"code": query.product_code})
+        return product
+    if query.image_id is not None:
+        image = image_list_visible_to(user=user).filter(pk=query.image_id).select_related("product").first()
+        if image is not None and image.product is not None:
+            return image.product
+    raise _invalid("product_code", _("Give the product_code of the part in the photo."))
+
+
+def _anomaly_results_write(expires_at: datetime, files: dict[str, bytes]) -> dict[str, str]:
+    """Write the files under <SIMSEARCH_RESULT_PREFIX>/<expiry epoch>-<random>/: the folder name
+    carries the expiry (the purge needs no database) and cannot be guessed (a local /media/ link
+    is the permission to read it)."""
+    folder = f"{settings.SIMSEARCH_RESULT_PREFIX.strip('/')}/{int(expires_at.timestamp())}-{uuid.uuid4().hex}"
+    keys = {}
+    for name, data in files.items():
+        keys[name] = default_storage.save(f"{folder}/{name}", ContentFile(data))
+    return keys
+
+
+def anomaly_results_purge(*, now: datetime | None = None) -> int:
+    """Delete the anomaly result folders whose expiry has passed; returns how many."""
+    prefix = settings.SIMSEARCH_RESULT_PREFIX.strip("/")
+    try:
+        folders, _files = default_storage.listdir(prefix)
+    except FileNotFoundError:  # nothing written yet (local storage)
+        return 0
+    cutoff = (now or timezone.now()).timestamp()
+    purged = 0
+    for folder in folders:
+        expiry = folder.split("-", 1)[0]
+        # An object store may keep listing an emptied "folder" (SeaweedFS does): count only
+        # the folders that still had files.
+        if expiry.isdigit() and int(expiry) < cutoff and delete_prefix(f"{prefix}/{folder}"):
+            purged += 1
+    if purged:
+        logger.info("Purged %s expired anomaly results", purged)
+    return purged
+
+
+def _anomaly_log_record(*, query: AnomalyInput, resolved: _ResolvedQuery, outcome: AnomalyOutcome, user: Any) -> None:
+    try:
+        SearchLog.objects.create(
+            user_id=getattr(user, "pk", None),
+            source=query.source,
+            query_kind=QueryKind.ANOMALY,
+            query_ref=resolved.reference[:600],
+            image_type=GalleryType.NORMAL,
+            filters={
+                "product_code": outcome.product_code,
+                "input": resolved.kind,
+                "threshold": outcome.threshold,
+                "is_anomalous": outcome.is_anomalous,
+            },
+            engine=IndexEngine.V2,
+            build_id=outcome.index.build_id,
+            result_ids=[outcome.nearest_normal.image_id] if outcome.nearest_normal else [],
+            scores=[outcome.score],
+            latency_ms=round(outcome.elapsed_ms, 2),
+        )
+    except DatabaseError:
+        logger.warning("An anomaly check was answered but could not be written to the history", exc_info=True)
 
 
 # --- search history -------------------------------------------------------------------------

@@ -226,6 +226,17 @@ INDEX_DIR_V1 = env_str("INDEX_DIR_V1")
 SIMSEARCH_SEARCH_THROTTLE = env_str("SIMSEARCH_SEARCH_THROTTLE", "600/minute")
 SIMSEARCH_TEMP_IMAGE_TTL_SECONDS = env_int("SIMSEARCH_TEMP_IMAGE_TTL_SECONDS", 24 * 3600)
 # Search history rows older than this are deleted by a daily schedule.
+# Anomaly check (PatchCore-style, a torchvision ResNet's patch features): a product needs this
+# many normal images for a model; the feature weights are "untrained" (random, flagged) or the
+# path of a torchvision state_dict; results (heatmap, overlay, raw map) expire after the TTL.
+SIMSEARCH_ANOMALY_MIN_NORMALS = max(2, env_int("SIMSEARCH_ANOMALY_MIN_NORMALS", 5))
+SIMSEARCH_ANOMALY_BACKBONE = env_str("SIMSEARCH_ANOMALY_BACKBONE", "resnet18")
+SIMSEARCH_ANOMALY_WEIGHTS = env_str("SIMSEARCH_ANOMALY_WEIGHTS", "untrained")
+SIMSEARCH_ANOMALY_INPUT_SIZE = env_int("SIMSEARCH_ANOMALY_INPUT_SIZE", 320)
+SIMSEARCH_ANOMALY_MAX_NORMALS = env_int("SIMSEARCH_ANOMALY_MAX_NORMALS", 200)
+SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS = env_int("SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS", 100)
+SIMSEARCH_RESULT_PREFIX = env_str("SIMSEARCH_RESULT_PREFIX", "anomaly-results")
+SIMSEARCH_RESULT_TTL_SECONDS = env_int("SIMSEARCH_RESULT_TTL_SECONDS", 24 * 3600)
 SIMSEARCH_SEARCH_LOG_DAYS = env_int("SIMSEARCH_SEARCH_LOG_DAYS", 90)
 # Largest request body /api/ accepts (an upload plus its form fields).
 SIMSEARCH_MAX_REQUEST_BYTES = env_int("SIMSEARCH_MAX_REQUEST_BYTES", SIMSEARCH_MAX_UPLOAD_BYTES + 1024 * 1024)

@@ -1,0 +1,723 @@
+"""Anomaly check against the normal images of a product (PatchCore-style). Django-free.
+
+Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"):
+
+- Features: a torchvision ResNet's layer2 and layer3 maps, each averaged over its 3x3
+  neighbourhood, layer3 upsampled (bilinear) to layer2's grid and concatenated: one vector per
+  patch (stride 8: a 40x40 grid at the default 320 px). ResNet-18 gives 128 + 256 = 384 channels;
+  `feature_dim` (default 192) averages adjacent channels down to that many (PatchCore's adaptive
+  average pooling): half the memory and search time, quality within noise of all 384. The whole
+  photo is resized to `input_size` squared (not centre-cropped as the CLIP embedder does): a
+  defect near the border must still be seen, and the map must cover the photo the line software
+  sent. EXIF orientation is not applied (as in the embedder): maps align with the stored pixels.
+- Memory bank: the patches of the product's normal images, subsampled by greedy k-center
+  (farthest point) selection computed on a fixed random projection to `CORESET_PROJECTION_DIM`
+  dimensions, stored as float16. `sources` keeps the normal image each kept patch came from.
+- Score: each query patch's Euclidean distance to its nearest bank patch (FAISS `IndexFlatL2` on
+  the float32 copy of the float16 bank). The patch map is upsampled to `input_size` and smoothed
+  with a Gaussian (sigma 4 px at that size, as PatchCore); image score = the peak of that smoothed
+  map (PatchCore takes the largest raw patch distance: the smoothed peak measured 0.01-0.04 higher
+  image AUROC here, and it is the value the heatmap shows). The map returned is then resized to
+  the photo's size.
+- Calibration: each normal image (up to `max_calibration_images`, spread evenly) is scored
+  against the bank with that image's own patches taken out (the coreset is not recomputed: the
+  other images' kept patches are the bank it would be compared against). Removing bank entries can
+  only raise distances, so every training normal scores at or below its leave-one-out score when
+  served against the full bank. threshold = max(LOO scores) * `threshold_margin` (1.0 by
+  default). On benchmarks/anomaly_quality.py (untrained weights, 20 normals per product) it
+  flagged none of 20 held-out normals; mean + 2 std and the 95th percentile also flagged none
+  there and caught a few more defects, but from the 5 images a product may have, a spread or a
+  percentile is noise, and they give no guarantee for the training normals. A line stopped for
+  a good part costs more than a second look, so the maximum it is; `threshold_margin` and the
+  per-product override (admin) move it. This LOO is an approximation: image i is scored against
+  the coreset minus i's rows, not against a coreset recomputed without i; its scores sat in the
+  same range as held-out normals' in the benchmark.
+- Map scale: `map_scale` = 2 x calibrated threshold, fixed when the model is fitted. Every
+  rendering of that product's maps uses it: a map value v becomes clip(v / map_scale, 0, 1), so
+  in the 16-bit PNG `pixel / 65535 * map_scale` gives back the distance (saturating at map_scale),
+  and the calibrated threshold sits at half scale (32768). Overriding the threshold later (admin)
+  changes the verdict only, not the scale, so maps stay comparable across a product's queries.
+  The map at the photo's size is a bilinear resize of the input-size map, so its maximum can be a
+  little below the score.
+
+Cost (2 CPU cores; benchmarks/anomaly_quality.py): features ~45 ms per 320 px photo; fitting is
+quadratic in the patch count (coreset and LOO both compare patches with patches), about 1 s for
+20 photos, 5 s for 50, 10 s for 100 at the defaults; `max_bank_size` (16,384 rows, 6 MiB float16,
+plus a 12 MiB float32 FAISS copy while served) caps the bank, the per-query search (~50-100 ms at
+the cap) and, with `max_calibration_images`, the calibration. The caller's stack of features is
+1.2 MB per photo (float32 40x40x192): pick at most a few hundred normals per product.
+
+Determinism: untrained weights are drawn from a private generator seeded with `UNTRAINED_SEED`,
+so every process creates the same network; the fingerprint hashes the resulting parameters (not
+only the seed), so a torch/torchvision change that draws different numbers gives a different
+fingerprint instead of a silently different model. The coreset and projections use fixed seeds.
+
+Heavy: create one `PatchFeatureExtractor` per process, after fork, like the CLIP embedder."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Union
+
+import faiss
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from indexing.embedder import UNTRAINED, ImageDecodeError, WeightsUnavailable, _sha256_file
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED_SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYERS = ("layer2", "layer3")
+# torchvision constructor name -> channels of layer2 and layer3
+BACKBONES: dict[str, tuple[int, int]] = {
+    "resnet18": (128, 256),
+    "resnet34": (128, 256),
+    "resnet50": (512, 1024),
+    "wide_resnet50_2": (512, 1024),
+}
+CORESET_PROJECTION_DIM = 128
+GAUSSIAN_SIGMA = 4.0
+MODEL_FORMAT = "simsearch-anomaly-v1"
+ARRAY_NAMES = ("features", "sources", "descriptors", "calibration_scores", "normal_ids")
+
+PhotoInput = Union[bytes, Image.Image]  # noqa: UP007 - used at runtime in isinstance checks
+
+
+class IncompatibleAnomalyModel(ValueError):
+    """A stored anomaly model was made with other features than the extractor in this process."""
+
+
+# -- feature extraction --------------------------------------------------------------------------
+
+
+def photo_size(photo: PhotoInput) -> tuple[int, int]:
+    """(width, height) of the photo as stored, read from the header only."""
+    if isinstance(photo, Image.Image):
+        return photo.size
+    with Image.open(io.BytesIO(photo)) as img:
+        return img.size
+
+
+def decode_photo(data: bytes, *, min_side: int) -> Image.Image:
+    """RGB image; large JPEGs are decoded at reduced scale (DCT draft, at least `min_side` on each
+    side), which is most of the cost of a factory photo. Callers validate uploads first
+    (catalog.image_validation); this only decodes."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        return img.convert("RGB")
+
+
+def _resnet(backbone: str) -> torch.nn.Module:
+    if backbone not in BACKBONES:
+        raise WeightsUnavailable(f"Anomaly backbone {backbone!r} is not supported (use one of {', '.join(BACKBONES)}).")
+    return getattr(torchvision.models, backbone)(weights=None)
+
+
+def _parameters_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Trunk(torch.nn.Module):
+    """The ResNet up to layer3; returns the layer2 and layer3 maps."""
+
+    def __init__(self, resnet: torch.nn.Module):
+        super().__init__()
+        self.stem = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+        self.layer2 = resnet.layer2
+        self.layer3 = resnet.layer3
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f2 = self.layer2(self.stem(x))
+        return f2, self.layer3(f2)
+
+
+class PatchFeatureExtractor:
+    """Patch features of photos: `extract(photos)` -> float32 [n, grid_h, grid_w, dim].
+
+    `weights`: UNTRAINED (random, seeded: demos and tests, flagged by `is_untrained`) or the path
+    of a torchvision state_dict (.pth) for `backbone`; layer4/fc may be absent. `feature_dim`:
+    channels kept (None: all). `threads`: torch.set_num_threads, process-wide, as the embedder."""
+
+    def __init__(
+        self,
+        *,
+        weights: str = UNTRAINED,
+        backbone: str = "resnet18",
+        input_size: int = 320,
+        feature_dim: int | None = 192,
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
+        if input_size < 64 or input_size % 16:
+            raise ValueError(f"input_size must be a multiple of 16 and at least 64, not {input_size}")
+        if threads:
+            torch.set_num_threads(threads)
+        resnet = self._load(backbone, weights)
+        self.trunk = _Trunk(resnet).to(device).eval()
+        self.backbone = backbone
+        self.weights = weights
+        self.is_untrained = weights == UNTRAINED
+        self.device = device
+        self.input_size = input_size
+        full_dim = sum(BACKBONES[backbone])
+        if feature_dim is not None and not 0 < feature_dim <= full_dim:
+            raise ValueError(f"feature_dim must be in 1..{full_dim}, not {feature_dim}")
+        self.feature_dim = feature_dim
+        self.dim = feature_dim or full_dim
+        self.grid_shape = (input_size // 8, input_size // 8)
+        weights_identity = (
+            f"untrained:seed={UNTRAINED_SEED}:params-sha256={_parameters_sha256(self.trunk)}"
+            if self.is_untrained
+            else f"file:sha256={_sha256_file(Path(weights).expanduser())}"
+        )
+        self.fingerprint_source = {
+            "kind": "patchcore",
+            "backbone": backbone,
+            "weights": weights_identity,
+            "layers": list(LAYERS),
+            "aggregation": "avg3x3,upsample-bilinear,concat",
+            "feature_dim": self.dim,
+            "reduction": "adaptive-avg-channels" if feature_dim else "none",
+            "input_size": input_size,
+            "preprocess": "pil-jpeg-draft-2x,rgb,squash-bilinear,imagenet-norm",
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_source, sort_keys=True).encode()).hexdigest()[:32]
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        logger.info(
+            "Loaded anomaly features %s (%s) at %d px on %s, fingerprint %s",
+            backbone,
+            weights_identity,
+            input_size,
+            device,
+            self.fingerprint,
+        )
+
+    @staticmethod
+    def _load(backbone: str, weights: str) -> torch.nn.Module:
+        if weights == UNTRAINED:
+            # A private generator state: the same network in every process, whatever ran before.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(UNTRAINED_SEED)
+                return _resnet(backbone)
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(
+                f"The anomaly backbone checkpoint {path} is not a file. Copy a torchvision {backbone} state_dict "
+                f"(.pth) there, or use '{UNTRAINED}'."
+            )
+        resnet = _resnet(backbone)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+            missing, _ = resnet.load_state_dict(state, strict=False)
+        except Exception as exc:  # corrupt file, wrong architecture (shape mismatch), not a state_dict
+            raise WeightsUnavailable(f"Could not load {backbone} weights from {path}: {exc}") from exc
+        needed = [key for key in missing if not key.startswith(("layer4.", "fc."))]
+        if needed:
+            raise WeightsUnavailable(
+                f"{path} is not a {backbone} state_dict: it lacks {len(needed)} tensors, e.g. {needed[0]}"
+            )
+        return resnet
+
+    def preprocess(self, photo: PhotoInput) -> torch.Tensor:
+        """[3, input_size, input_size] normalised later on the device."""
+        if isinstance(photo, Image.Image):
+            img = photo.convert("RGB")
+        else:
+            img = decode_photo(photo, min_side=2 * self.input_size)
+        img = img.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            x = (batch.to(self.device).float() / 255.0 - self._mean) / self._std
+            f2, f3 = self.trunk(x)
+            f2 = torch.nn.functional.avg_pool2d(f2, 3, stride=1, padding=1, count_include_pad=False)
+            f3 = torch.nn.functional.avg_pool2d(f3, 3, stride=1, padding=1, count_include_pad=False)
+            f3 = torch.nn.functional.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+            features = torch.cat([f2, f3], dim=1).permute(0, 2, 3, 1)  # [b, h, w, c]
+            if self.feature_dim:
+                b, h, w, c = features.shape
+                features = torch.nn.functional.adaptive_avg_pool1d(features.reshape(-1, 1, c), self.feature_dim)
+                features = features.reshape(b, h, w, self.feature_dim)
+        return features.float().cpu().numpy()
+
+    def extract(self, photos: Sequence[PhotoInput], *, batch_size: int = 8) -> np.ndarray:
+        """float32 [n, grid_h, grid_w, dim] for the photos (encoded bytes or PIL images), in order.
+        A photo that cannot be decoded raises ImageDecodeError with its position."""
+        out = np.empty((len(photos), *self.grid_shape, self.dim), dtype=np.float32)
+        for start in range(0, len(photos), batch_size):
+            tensors = []
+            for index in range(start, min(start + batch_size, len(photos))):
+                try:
+                    tensors.append(self.preprocess(photos[index]))
+                except Exception as exc:
+                    raise ImageDecodeError(index, f"image {index} could not be decoded: {exc}") from exc
+            out[start : start + len(tensors)] = self._forward(torch.stack(tensors))
+        return out
+
+
+# -- memory bank ---------------------------------------------------------------------------------
+
+
+def _l2_index(vectors: np.ndarray) -> faiss.IndexFlatL2:
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def _nearest_distances(bank: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Euclidean distance, bank row) of each query's nearest bank vector."""
+    squared, rows = _l2_index(bank).search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+    return np.sqrt(np.maximum(squared[:, 0], 0.0)), rows[:, 0]
+
+
+def greedy_coreset(features: np.ndarray, count: int, *, seed: int = 0, active_size: int = 4096) -> np.ndarray:
+    """Row indices (sorted) of `count` rows chosen by greedy k-center selection: each pick is the
+    row farthest from all rows picked so far (the first one at random, seeded), so the kept rows
+    cover the set with a small radius. Distances are computed on a fixed Gaussian random
+    projection to CORESET_PROJECTION_DIM dimensions (Johnson-Lindenstrauss), as PatchCore does.
+
+    The textbook loop updates every row after every pick: one matrix-vector product over all rows
+    per pick, memory bound (30 s for 50 photos here). This makes the same picks (up to float
+    rounding in near ties) with far less work. Each row keeps an upper bound of its distance to the
+    picks, exact as of the first `seen` picks. A phase takes the `active_size` rows with the
+    largest bounds, brings their bounds up to date (one matrix product per block, BLAS speed), and
+    picks among them while the best is at least the phase's cut-off: every other row's bound, and
+    so its distance, is below it. Rows that have fallen far behind the covering radius are never
+    updated again."""
+    total = len(features)
+    if count >= total:
+        return np.arange(total)
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.shape[1] > CORESET_PROJECTION_DIM:
+        projection = rng.standard_normal((x.shape[1], CORESET_PROJECTION_DIM)).astype(np.float32)
+        x = x @ (projection / np.float32(math.sqrt(CORESET_PROJECTION_DIM)))
+    norms = np.einsum("ij,ij->i", x, x)
+    picks = np.empty(count, dtype=np.int64)
+    picks[0] = int(rng.integers(total))
+    done = 1
+    bound = norms - 2.0 * (x @ x[picks[0]]) + norms[picks[0]]  # squared distance to the nearest pick
+    bound[picks[0]] = -np.inf  # picked rows are never picked again, even with rounding
+    seen = np.ones(total, dtype=np.int64)  # bound[i] accounts for picks[: seen[i]]
+    while done < count:
+        if total > active_size:
+            cutoff = np.partition(bound, total - active_size)[total - active_size]
+            active = np.flatnonzero(bound >= cutoff)
+        else:
+            cutoff, active = -np.inf, np.arange(total)
+        behind = active[seen[active] < done]
+        behind = behind[np.argsort(seen[behind], kind="stable")]
+        for start in range(0, len(behind), 1024):  # blocks of rows that missed about the same picks
+            block = behind[start : start + 1024]
+            centers = picks[seen[block[0]] : done]
+            distances = norms[block, None] - 2.0 * (x[block] @ x[centers].T) + norms[centers][None, :]
+            bound[block] = np.minimum(bound[block], distances.min(axis=1))
+        xa, na, da = x[active], norms[active], bound[active]
+        while done < count:
+            best = int(np.argmax(da))
+            if da[best] < cutoff or da[best] == -np.inf:
+                break
+            pick = int(active[best])
+            picks[done] = pick
+            done += 1
+            np.minimum(da, na - 2.0 * (xa @ x[pick]) + norms[pick], out=da)
+            da[best] = -np.inf
+        bound[active] = da
+        seen[active] = done
+    return np.sort(picks)
+
+
+@dataclass(frozen=True, eq=False)
+class AnomalyModel:
+    """One product's memory bank and calibration. Serialise with to_bytes (an .npz, no pickle)."""
+
+    features: np.ndarray  # float16 [m, dim]: coreset of the normal images' patches
+    sources: np.ndarray  # int32 [m]: position (in the fit input) of the normal image of each row
+    descriptors: np.ndarray  # float16 [n, dim]: mean patch feature of each normal image
+    calibration_scores: np.ndarray  # float32 [n]: leave-one-out score per normal image, NaN if not scored
+    normal_ids: np.ndarray  # int64 [n]: the caller's id of each normal image (catalog image id), fit order
+    threshold: float
+    map_scale: float
+    grid_shape: tuple[int, int]
+    input_size: int
+    feature_fingerprint: str
+    normal_count: int
+    params: dict = field(default_factory=dict)  # how it was fitted (ratio, limits, rule), for the record
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.features.nbytes
+            + self.sources.nbytes
+            + self.descriptors.nbytes
+            + self.calibration_scores.nbytes
+            + self.normal_ids.nbytes
+        )
+
+    @cached_property
+    def patch_index(self) -> faiss.IndexFlatL2:
+        """Built on first use; searching it is thread-safe."""
+        return _l2_index(self.features)
+
+    @cached_property
+    def descriptor_center(self) -> np.ndarray:
+        """Mean of the normal images' descriptors: what they all share (ReLU features are all
+        positive, so uncentred cosines all sit near 1 and say little)."""
+        return self.descriptors.astype(np.float32).mean(axis=0, keepdims=True)
+
+    @cached_property
+    def descriptor_index(self) -> faiss.IndexFlatIP:
+        vectors = np.ascontiguousarray(self.descriptors.astype(np.float32) - self.descriptor_center)
+        faiss.normalize_L2(vectors)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        return index
+
+    def require_fingerprint(self, fingerprint: str) -> None:
+        if fingerprint != self.feature_fingerprint:
+            raise IncompatibleAnomalyModel(
+                f"This anomaly model was fitted on features {self.feature_fingerprint}; the extractor here makes "
+                f"{fingerprint}. Rebuild the normal index with the current anomaly backbone settings."
+            )
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": MODEL_FORMAT,
+            "threshold": self.threshold,
+            "map_scale": self.map_scale,
+            "grid_shape": list(self.grid_shape),
+            "input_size": self.input_size,
+            "feature_fingerprint": self.feature_fingerprint,
+            "normal_count": self.normal_count,
+            "params": self.params,
+        }
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
+            features=self.features,
+            sources=self.sources,
+            descriptors=self.descriptors,
+            calibration_scores=self.calibration_scores,
+            normal_ids=self.normal_ids,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AnomalyModel:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                meta = json.loads(archive["meta"].tobytes())
+                arrays = {name: archive[name] for name in ARRAY_NAMES}
+        except Exception as exc:
+            raise ValueError(f"not an anomaly model file: {exc}") from exc
+        if meta.get("format") != MODEL_FORMAT:
+            raise ValueError(f"unknown anomaly model format {meta.get('format')!r}")
+        model = cls(
+            features=arrays["features"].astype(np.float16, copy=False),
+            sources=arrays["sources"].astype(np.int32, copy=False),
+            descriptors=arrays["descriptors"].astype(np.float16, copy=False),
+            calibration_scores=arrays["calibration_scores"].astype(np.float32, copy=False),
+            normal_ids=arrays["normal_ids"].astype(np.int64, copy=False),
+            threshold=float(meta["threshold"]),
+            map_scale=float(meta["map_scale"]),
+            grid_shape=(int(meta["grid_shape"][0]), int(meta["grid_shape"][1])),
+            input_size=int(meta["input_size"]),
+            feature_fingerprint=str(meta["feature_fingerprint"]),
+            normal_count=int(meta["normal_count"]),
+            params=dict(meta.get("params") or {}),
+        )
+        n, m = model.normal_count, len(model.features)
+        if model.features.ndim != 2 or model.sources.shape != (m,) or model.descriptors.shape != (n, model.dim):
+            raise ValueError("anomaly model arrays do not agree in shape")
+        if model.calibration_scores.shape != (n,) or model.normal_ids.shape != (n,):
+            raise ValueError("anomaly model arrays do not agree in shape")
+        if m and not 0 <= model.sources.min() <= model.sources.max() < n:
+            raise ValueError("anomaly model arrays do not agree in shape")
+        return model
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def _as_patch_stack(features_per_image: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    stack = np.asarray(features_per_image, dtype=np.float32)
+    if stack.ndim != 4:
+        raise ValueError(f"expected features of shape [n, h, w, dim], got {stack.shape}")
+    return stack
+
+
+def fit_anomaly_model(
+    features_per_image: Sequence[np.ndarray] | np.ndarray,
+    *,
+    feature_fingerprint: str,
+    input_size: int,
+    normal_ids: Sequence[int] | np.ndarray | None = None,
+    coreset_ratio: float = 0.1,
+    max_bank_size: int = 16_384,
+    max_calibration_images: int = 50,
+    threshold_margin: float = 1.0,
+    seed: int = 0,
+) -> AnomalyModel:
+    """Memory bank of the normal images' patches (`features_per_image`: [n, h, w, dim], from
+    PatchFeatureExtractor.extract) with its threshold calibrated leave-one-out (module docstring).
+    The bank keeps ceil(coreset_ratio * patches) rows, at most `max_bank_size`. `normal_ids`
+    (default: positions) name the images in results (`nearest_normal_id`, `peak_normal_id`)."""
+    stack = _as_patch_stack(features_per_image)
+    n, h, w, dim = stack.shape
+    ids = np.arange(n, dtype=np.int64) if normal_ids is None else np.asarray(normal_ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"{len(ids)} normal_ids for {n} images")
+    if n < 2:
+        raise ValueError("an anomaly model needs at least 2 normal images (leave-one-out calibration)")
+    if not 0 < coreset_ratio <= 1:
+        raise ValueError(f"coreset_ratio must be in (0, 1], not {coreset_ratio}")
+    patches = stack.reshape(n * h * w, dim)
+    patch_sources = np.repeat(np.arange(n, dtype=np.int32), h * w)
+    count = max(1, min(math.ceil(coreset_ratio * len(patches)), max_bank_size))
+    kept = greedy_coreset(patches, count, seed=seed)
+    bank = patches[kept].astype(np.float16)
+    sources = patch_sources[kept]
+    bank32 = bank.astype(np.float32)  # calibrate on exactly the numbers that will be served
+
+    calibration = np.full(n, np.nan, dtype=np.float32)
+    for i in np.unique(np.linspace(0, n - 1, min(n, max_calibration_images)).round().astype(int)):
+        others = sources != i
+        if not others.any():  # every kept patch came from this image: nothing to compare against
+            continue
+        distances, _ = _nearest_distances(bank32[others], stack[i].reshape(h * w, dim))
+        calibration[i] = smooth_map(distances.reshape(h, w), input_size=input_size).max()
+    scored = calibration[~np.isnan(calibration)]
+    if not len(scored):
+        raise ValueError("no normal image could be scored leave-one-out; add normal images")
+    threshold = float(scored.max()) * threshold_margin
+    return AnomalyModel(
+        features=bank,
+        sources=sources,
+        descriptors=stack.mean(axis=(1, 2)).astype(np.float16),
+        calibration_scores=calibration,
+        normal_ids=ids,
+        threshold=threshold,
+        map_scale=2.0 * threshold,
+        grid_shape=(h, w),
+        input_size=input_size,
+        feature_fingerprint=feature_fingerprint,
+        normal_count=n,
+        params={
+            "coreset_ratio": coreset_ratio,
+            "max_bank_size": max_bank_size,
+            "patches": int(len(patches)),
+            "threshold_rule": f"max(leave-one-out scores) * {threshold_margin:g}",
+            "calibrated_images": int(len(scored)),
+            "seed": seed,
+        },
+    )
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AnomalyResult:
+    score: float  # peak of the smoothed map at the model's input size: compare with the threshold
+    threshold: float
+    is_anomalous: bool  # score > threshold
+    anomaly_map: np.ndarray  # float32 [height, width] smoothed distances at the requested size
+    patch_scores: np.ndarray  # float32 [grid_h, grid_w] raw patch distances
+    map_scale: float  # the product's fixed rendering scale (AnomalyModel.map_scale)
+    nearest_normal_id: int  # normal image most similar overall: mean patch features, centred, cosine
+    nearest_normal_similarity: float  # that cosine, in [-1, 1]
+    peak_normal_id: int  # normal image holding the bank patch nearest to the highest raw patch
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = int(math.ceil(4 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def smooth_map(patch_scores: np.ndarray, *, input_size: int) -> np.ndarray:
+    """Patch grid -> [input_size, input_size] (bilinear) -> Gaussian blur (sigma GAUSSIAN_SIGMA,
+    separable, reflected borders). Its maximum is the image score."""
+    grid = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))[None, None]
+    up = torch.nn.functional.interpolate(grid, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    kernel = _gaussian_kernel(GAUSSIAN_SIGMA)
+    radius = len(kernel) // 2
+    up = torch.nn.functional.pad(up, (radius, radius, radius, radius), mode="reflect")
+    up = torch.nn.functional.conv2d(up, kernel.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(up, kernel.view(1, 1, -1, 1))[0, 0].numpy()
+
+
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The map resized (bilinear) to size=(width, height); values stay within the map's range."""
+    if (anomaly_map.shape[1], anomaly_map.shape[0]) == tuple(size):
+        return anomaly_map
+    grid = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
+    resized = torch.nn.functional.interpolate(grid, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return resized[0, 0].numpy()
+
+
+def score(
+    model: AnomalyModel,
+    features: np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    threshold: float | None = None,
+) -> AnomalyResult:
+    """Score one photo's patch features ([h, w, dim] from PatchFeatureExtractor.extract) against
+    the bank. The map comes back at size=(width, height) (the photo's, from `photo_size`) or at
+    the model's input size. `threshold` overrides the calibrated one for the verdict only."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 3 or features.shape[:2] != model.grid_shape or features.shape[2] != model.dim:
+        raise IncompatibleAnomalyModel(
+            f"features of shape {features.shape} do not fit a model of grid {model.grid_shape} and dim {model.dim}"
+        )
+    h, w, dim = features.shape
+    patches = np.ascontiguousarray(features.reshape(h * w, dim))
+    squared, rows = model.patch_index.search(patches, 1)
+    distances = np.sqrt(np.maximum(squared[:, 0], 0.0)).astype(np.float32)
+    peak = int(np.argmax(distances))
+    descriptor = np.ascontiguousarray(patches.mean(axis=0, keepdims=True) - model.descriptor_center)
+    faiss.normalize_L2(descriptor)
+    similarity, nearest = model.descriptor_index.search(descriptor, 1)
+    patch_scores = distances.reshape(h, w)
+    smoothed = smooth_map(patch_scores, input_size=model.input_size)
+    image_score = float(smoothed.max())
+    limit = model.threshold if threshold is None else float(threshold)
+    return AnomalyResult(
+        score=image_score,
+        threshold=limit,
+        is_anomalous=image_score > limit,
+        anomaly_map=smoothed if size is None else resize_map(smoothed, size),
+        patch_scores=patch_scores,
+        map_scale=model.map_scale,
+        nearest_normal_id=int(model.normal_ids[nearest[0, 0]]),
+        nearest_normal_similarity=float(similarity[0, 0]),
+        peak_normal_id=int(model.normal_ids[model.sources[rows[peak, 0]]]),
+    )
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+# Jet-like colour map: (position, red, green, blue), linearly interpolated.
+_COLORMAP_STOPS = np.array(
+    [
+        (0.00, 0.0, 0.0, 0.5),
+        (0.11, 0.0, 0.0, 1.0),
+        (0.34, 0.0, 1.0, 1.0),
+        (0.50, 0.5, 1.0, 0.5),
+        (0.66, 1.0, 1.0, 0.0),
+        (0.89, 1.0, 0.0, 0.0),
+        (1.00, 0.5, 0.0, 0.0),
+    ]
+)
+
+
+def normalized_map(anomaly_map: np.ndarray, scale: float) -> np.ndarray:
+    """clip(map / scale, 0, 1): the one mapping from distances to display and PNG values."""
+    if not scale > 0:
+        raise ValueError(f"map scale must be positive, not {scale}")
+    return np.clip(np.asarray(anomaly_map, dtype=np.float32) / np.float32(scale), 0.0, 1.0)
+
+
+def colorize(anomaly_map: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 [h, w, 3] jet-like colours of clip(map / scale, 0, 1)."""
+    values = normalized_map(anomaly_map, scale)
+    channels = [np.interp(values, _COLORMAP_STOPS[:, 0], _COLORMAP_STOPS[:, c]) for c in (1, 2, 3)]
+    return (np.stack(channels, axis=-1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _png(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _display_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    width, height = size
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    factor = max_side / max(width, height)
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def heatmap_png(anomaly_map: np.ndarray, scale: float, *, max_side: int | None = 1024) -> bytes:
+    """Colour-mapped PNG of the map (no larger than `max_side` on its long side)."""
+    height, width = anomaly_map.shape
+    size = _display_size((width, height), max_side)
+    return _png(Image.fromarray(colorize(resize_map(anomaly_map, size), scale)))
+
+
+def overlay_png(
+    photo: PhotoInput, anomaly_map: np.ndarray, scale: float, *, alpha: float = 0.45, max_side: int | None = 1024
+) -> bytes:
+    """The heatmap blended over the photo (`alpha` = heatmap weight), at the photo's aspect and no
+    larger than `max_side`."""
+    full_size = photo_size(photo)
+    size = _display_size(full_size, max_side)
+    if isinstance(photo, Image.Image):
+        img = photo.convert("RGB")
+    else:
+        img = decode_photo(photo, min_side=max(size))
+    base = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    colours = colorize(resize_map(anomaly_map, size), scale).astype(np.float32)
+    blended = (1.0 - alpha) * base + alpha * colours
+    return _png(Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8)))
+
+
+def anomaly_map_png16(anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None) -> bytes:
+    """16-bit greyscale PNG (mode I;16) of the map at size=(width, height) (default: the map's own
+    size, which `score(..., size=photo_size(photo))` makes the photo's). Pixel value =
+    round(clip(distance / scale, 0, 1) * 65535), scale = the product's AnomalyModel.map_scale,
+    so distance = pixel / 65535 * scale (saturating at `scale`)."""
+    if size is not None:
+        anomaly_map = resize_map(anomaly_map, size)
+    values = np.round(normalized_map(anomaly_map, scale) * 65535.0).astype(np.uint16)
+    return _png(Image.fromarray(values))
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def auroc(labels: np.ndarray | Sequence[bool], scores: np.ndarray | Sequence[float]) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, ties counting one half (Mann-Whitney U with average ranks)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in length")
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        raise ValueError("AUROC needs at least one positive and one negative")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    average_rank = upper - (counts - 1) / 2.0  # 1-based rank shared by each tie group
+    rank_sum = float(average_rank[inverse][labels].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)

@@ -1,0 +1,257 @@
+"""The Django-free anomaly core (indexing/anomaly.py): small photos, untrained weights."""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from indexing.anomaly import (
+    AnomalyModel,
+    IncompatibleAnomalyModel,
+    PatchFeatureExtractor,
+    anomaly_map_png16,
+    auroc,
+    fit_anomaly_model,
+    greedy_coreset,
+    heatmap_png,
+    overlay_png,
+    photo_size,
+    score,
+)
+from indexing.embedder import WeightsUnavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+INPUT_SIZE = 128
+PHOTO_SIZE = (160, 128)  # width, height: not square, so the map must be resized to the photo
+DEFECT_CENTER, DEFECT_RADIUS = (104, 60), 13
+NORMAL_IDS = [11, 12, 13, 14, 15, 16]  # catalog ids of the six training normals
+
+
+def part_photo(seed: int, *, defect: bool = False) -> tuple[bytes, np.ndarray]:
+    """A PNG of a striped, slightly varying surface; with `defect`, a dark disc. (photo, mask)."""
+    rng = np.random.default_rng(seed)
+    width, height = PHOTO_SIZE
+    shading = np.asarray(
+        Image.fromarray(rng.uniform(-1, 1, (4, 5)).astype(np.float32)).resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
+    )
+    yy, xx = np.mgrid[0:height, 0:width]
+    grey = 140 + 12 * np.sin(xx / 5.0) + 8 * shading + rng.normal(0, 3, (height, width))
+    mask = np.hypot(xx - DEFECT_CENTER[0], yy - DEFECT_CENTER[1]) < DEFECT_RADIUS
+    if defect:
+        grey = np.where(mask, 35.0, grey)
+    else:
+        mask = np.zeros_like(mask)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue(), mask
+
+
+@pytest.fixture(scope="module")
+def extractor() -> PatchFeatureExtractor:
+    return PatchFeatureExtractor(input_size=INPUT_SIZE)
+
+
+@pytest.fixture(scope="module")
+def normals(extractor: PatchFeatureExtractor) -> np.ndarray:
+    return extractor.extract([part_photo(seed)[0] for seed in range(6)])
+
+
+@pytest.fixture(scope="module")
+def model(extractor: PatchFeatureExtractor, normals: np.ndarray) -> AnomalyModel:
+    return fit_anomaly_model(
+        normals, feature_fingerprint=extractor.fingerprint, input_size=INPUT_SIZE, normal_ids=NORMAL_IDS
+    )
+
+
+def test_auroc_matches_hand_computed_values() -> None:
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auroc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    # positive/negative pairs: 0.8>0.4, 0.8>0.1, 0.4=0.4 (one half), 0.4>0.1 -> 3.5 of 4
+    assert auroc([1, 0, 1, 0], [0.8, 0.4, 0.4, 0.1]) == 0.875
+    assert auroc([1, 0, 0, 1, 0], [2, 2, 2, 2, 2]) == 0.5
+    # 3 of 6 pairs above, 2 tied: (3 + 1) / 6
+    assert auroc([1, 1, 0, 0, 0], [5, 3, 3, 1, 5]) == pytest.approx(4 / 6)
+    rng = np.random.default_rng(0)
+    labels, scores = rng.integers(0, 2, 300).astype(bool), rng.integers(0, 8, 300)  # many ties
+    pairs = scores[labels][:, None] - scores[~labels][None, :]
+    assert auroc(labels, scores) == pytest.approx(((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size)
+    with pytest.raises(ValueError):
+        auroc([1, 1], [0.2, 0.3])
+
+
+def test_a_defect_scores_above_the_normals_and_its_map_peaks_inside_the_defect(
+    extractor: PatchFeatureExtractor, model: AnomalyModel
+) -> None:
+    held_out = [part_photo(seed)[0] for seed in (100, 101, 102)]
+    defect_photo, mask = part_photo(103, defect=True)
+    features = extractor.extract([*held_out, defect_photo])
+    normal_scores = [score(model, f, size=PHOTO_SIZE).score for f in features[:3]]
+    result = score(model, features[3], size=photo_size(defect_photo))
+
+    assert result.anomaly_map.shape == mask.shape
+    assert result.score > max(normal_scores)
+    assert result.is_anomalous and result.score > result.threshold
+    peak_y, peak_x = np.unravel_index(np.argmax(result.anomaly_map), mask.shape)
+    assert mask[peak_y, peak_x], (peak_x, peak_y)
+    # Inside the defect the map is well above its level elsewhere, not just at one pixel.
+    assert result.anomaly_map[mask].mean() > 1.5 * result.anomaly_map[~mask].mean()
+    assert result.nearest_normal_id in NORMAL_IDS and result.peak_normal_id in NORMAL_IDS
+
+
+def test_serialization_round_trip_preserves_scores_exactly(
+    extractor: PatchFeatureExtractor, model: AnomalyModel, normals: np.ndarray
+) -> None:
+    data = model.to_bytes()
+    restored = AnomalyModel.from_bytes(data)
+    query = extractor.extract([part_photo(7, defect=True)[0]])[0]
+    before, after = score(model, query, size=PHOTO_SIZE), score(restored, query, size=PHOTO_SIZE)
+
+    assert after.score == before.score
+    assert np.array_equal(after.anomaly_map, before.anomaly_map)
+    assert (after.nearest_normal_id, after.peak_normal_id) == (before.nearest_normal_id, before.peak_normal_id)
+    for name in ("threshold", "map_scale", "grid_shape", "input_size", "feature_fingerprint", "normal_count"):
+        assert getattr(restored, name) == getattr(model, name), name
+    for name in ("features", "sources", "descriptors", "calibration_scores", "normal_ids"):
+        assert np.array_equal(getattr(restored, name), getattr(model, name), equal_nan=True), name
+    assert restored.features.dtype == np.float16
+    # Fitting is deterministic: the same normals give the same file.
+    again = fit_anomaly_model(
+        normals, feature_fingerprint=extractor.fingerprint, input_size=INPUT_SIZE, normal_ids=NORMAL_IDS
+    )
+    assert again.to_bytes() == data
+    with pytest.raises(ValueError):
+        AnomalyModel.from_bytes(b"not an npz file")
+
+
+def _textbook_greedy(points: np.ndarray, count: int, first: int) -> list[int]:
+    chosen = [first]
+    nearest = ((points - points[first]) ** 2).sum(axis=1)
+    while len(chosen) < count:
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, ((points - points[chosen[-1]]) ** 2).sum(axis=1))
+    return sorted(chosen)
+
+
+def test_coreset_keeps_the_requested_count_of_input_rows(
+    extractor: PatchFeatureExtractor, model: AnomalyModel, normals: np.ndarray
+) -> None:
+    rng = np.random.default_rng(3)
+    clusters = rng.normal(size=(30, 1, 8)) * 4 + rng.normal(size=(30, 100, 8))
+    points = clusters.reshape(-1, 8).astype(np.float32)  # 8-d: no projection, exact distances
+    chosen = greedy_coreset(points, 250, seed=5, active_size=256)
+    assert len(chosen) == 250 == len(set(chosen.tolist()))
+    assert chosen.min() >= 0 and chosen.max() < len(points)
+    # The phased computation makes the same picks as the plain farthest-point loop.
+    first = int(np.random.default_rng(5).integers(len(points)))
+    assert chosen.tolist() == _textbook_greedy(points.astype(np.float64), 250, first)
+
+    patches = normals.reshape(-1, normals.shape[-1])
+    assert len(model.features) == math.ceil(0.1 * len(patches))
+    as_stored = patches.astype(np.float16)
+    for row, source in zip(model.features, model.sources, strict=True):
+        own = as_stored[source * 16 * 16 : (source + 1) * 16 * 16]  # the patches of the image it names
+        assert (own == row).all(axis=1).any()
+    capped = fit_anomaly_model(
+        normals, feature_fingerprint=extractor.fingerprint, input_size=INPUT_SIZE, coreset_ratio=0.5, max_bank_size=40
+    )
+    assert len(capped.features) == 40
+
+
+def test_fingerprint_is_stable_for_untrained_weights_and_names_a_checkpoint(
+    extractor: PatchFeatureExtractor, tmp_path: Path
+) -> None:
+    photo = part_photo(1)[0]
+    torch.manual_seed(1234)  # whatever ran before in the process must not change the network
+    torch.rand(100)
+    second = PatchFeatureExtractor(input_size=INPUT_SIZE)
+    assert second.fingerprint == extractor.fingerprint and second.is_untrained
+    assert np.array_equal(second.extract([photo]), extractor.extract([photo]))
+    other_process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from indexing.anomaly import PatchFeatureExtractor as E; print(E(input_size={INPUT_SIZE}).fingerprint)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other_process.stdout.strip() == extractor.fingerprint
+    assert PatchFeatureExtractor(input_size=INPUT_SIZE + 16).fingerprint != extractor.fingerprint
+
+    torch.manual_seed(99)
+    checkpoint = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoint)
+    trained = PatchFeatureExtractor(weights=str(checkpoint), input_size=INPUT_SIZE)
+    assert not trained.is_untrained
+    assert trained.fingerprint != extractor.fingerprint
+    assert not np.array_equal(trained.extract([photo]), extractor.extract([photo]))
+    torch.manual_seed(98)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoint)
+    assert PatchFeatureExtractor(weights=str(checkpoint), input_size=INPUT_SIZE).fingerprint != trained.fingerprint
+
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    for bad in (tmp_path / "wrong.pth", tmp_path / "missing.pth"):
+        with pytest.raises(WeightsUnavailable):
+            PatchFeatureExtractor(weights=str(bad), input_size=INPUT_SIZE)
+
+
+def test_raw_map_png_is_16_bit_at_the_photo_size_with_the_documented_scale(
+    extractor: PatchFeatureExtractor, model: AnomalyModel
+) -> None:
+    photo, _ = part_photo(8, defect=True)
+    result = score(model, extractor.extract([photo])[0], size=photo_size(photo))
+    with Image.open(io.BytesIO(anomaly_map_png16(result.anomaly_map, model.map_scale))) as img:
+        assert img.format == "PNG" and img.mode == "I;16" and img.size == PHOTO_SIZE
+        pixels = np.asarray(img)
+    expected = np.round(np.clip(result.anomaly_map / model.map_scale, 0, 1) * 65535)
+    assert np.abs(pixels.astype(np.int64) - expected).max() <= 1
+    assert model.map_scale == 2 * model.threshold
+
+    known = np.array([[0.0, 1.0, 2.0, 4.0, -1.0]], dtype=np.float32)
+    with Image.open(io.BytesIO(anomaly_map_png16(known, 2.0))) as img:
+        assert np.asarray(img).tolist() == [[0, 32768, 65535, 65535, 0]]
+    with Image.open(io.BytesIO(anomaly_map_png16(known, 2.0, size=(10, 4)))) as img:
+        assert img.size == (10, 4)
+
+    with Image.open(io.BytesIO(heatmap_png(result.anomaly_map, model.map_scale))) as img:
+        assert img.mode == "RGB" and img.size == PHOTO_SIZE
+    with Image.open(io.BytesIO(overlay_png(photo, result.anomaly_map, model.map_scale, max_side=80))) as img:
+        assert img.mode == "RGB" and img.size == (80, 64)
+
+
+def test_calibration_keeps_every_training_normal_at_or_below_the_threshold(
+    model: AnomalyModel, normals: np.ndarray
+) -> None:
+    assert model.normal_count == len(normals)
+    assert not np.isnan(model.calibration_scores).any()
+    assert model.threshold == pytest.approx(float(model.calibration_scores.max()))
+    for features, left_out, image_id in zip(normals, model.calibration_scores, NORMAL_IDS, strict=True):
+        served = score(model, features)
+        assert served.score <= left_out + 1e-5
+        assert not served.is_anomalous
+        assert served.nearest_normal_id == image_id  # a training normal is most similar to itself
+    assert score(model, normals[0], threshold=0.0).is_anomalous  # an override changes the verdict only
+    assert score(model, normals[0], threshold=0.0).map_scale == model.map_scale
+
+
+def test_features_from_another_configuration_are_refused(
+    model: AnomalyModel, normals: np.ndarray, extractor: PatchFeatureExtractor
+) -> None:
+    with pytest.raises(IncompatibleAnomalyModel):
+        score(model, normals[0][:8])
+    with pytest.raises(IncompatibleAnomalyModel):
+        score(model, normals[0][..., :64])
+    model.require_fingerprint(extractor.fingerprint)
+    with pytest.raises(IncompatibleAnomalyModel):
+        model.require_fingerprint("0" * 32)
