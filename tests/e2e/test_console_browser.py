@@ -1,6 +1,7 @@
 """The staff search console in a real browser (Debian's Chromium, Playwright, headless) at 1366 px:
 reach it with the keyboard, search with a pasted and a dropped photo, by text, from an image's
-"Find similar" button, compare engines, and find the searches in the history (issue 9)."""
+"Find similar" button, compare engines, check a part for anomalies, and find it all in the history
+(issues 9 and 10)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from playwright.sync_api import expect, sync_playwright
 from catalog.models import DefectType, ImageType, Product
 from catalog.services import image_create
 from tests.conftest import running_gunicorn
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, csp_violations
-from tests.helpers import image_bytes
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, csp_violations, pick_autocomplete
+from tests.helpers import image_bytes, surface_photo
 from tests.indexing.conftest import build_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,23 +55,27 @@ def test_console_in_a_browser(settings, tmp_path: Path, django_user_model):
     images = [
         image_create(data=data, image_type=ImageType.DEFECT, product=product, defect_type=scratch) for data in photos
     ]
+    for seed in range(5):  # enough normal parts for an anomaly model of bracket-a
+        image_create(data=surface_photo(seed), image_type=ImageType.NORMAL, product=product)
+    (tmp_path / "dented.png").write_bytes(surface_photo(77, defect=True))
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     for n, data in enumerate(photos):  # the same pictures, the last one filed as a dent by its name
         (legacy / (f"bracket-a_scratch_{n}.png" if n < 7 else "bracket-a_dent_7.png")).write_bytes(data)
     settings.INDEX_DIR_V1 = str(legacy)
     assert build_now("defect").status == build_now("defect", engine="v1").status == "ready"
+    assert build_now("normal").status == "ready"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     with running_gunicorn(tmp_path / "gunicorn.log", workers=1) as base:
         playwright = sync_playwright().start()
         try:
-            browse(playwright, base, images, photos)
+            browse(playwright, base, images, photos, tmp_path / "dented.png")
         finally:
             playwright.stop()  # its event loop must be gone before the ORM is used again
 
 
-def browse(playwright, base: str, images, photos: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+def browse(playwright, base: str, images, photos: list[bytes], dented: Path) -> None:  # type: ignore[no-untyped-def]
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     page = browser.new_page(viewport={"width": WIDTH, "height": 900})
     blocked = csp_violations(page)
@@ -146,8 +151,25 @@ def browse(playwright, base: str, images, photos: list[bytes]) -> None:  # type:
     assert fits(page)
     page.screenshot(path=str(SCREENSHOTS / "console-compare.png"), full_page=True)
 
-    # Every search of this session is in the history.
+    # Anomaly mode, chosen with the keyboard: a dented part of bracket-a against its normal parts.
+    page.goto(f"{base}/admin/search/")
+    page.focus("#id_mode_1")
+    page.keyboard.press("Space")
+    page.set_input_files("#id_photo", str(dented))
+    pick_autocomplete(page, "product", "bracket-a")
+    page.click("input[name=_search]")
+    answer = page.locator("section.anomaly-answer")
+    expect(answer).to_have_attribute("data-anomalous", "true")
+    expect(page.locator(".anomaly-verdict")).to_contain_text("Anomalous")
+    overlay = page.locator(".anomaly-pictures img").first
+    expect(overlay).to_have_js_property("complete", True)
+    assert overlay.evaluate("img => img.naturalWidth") == 160
+    expect(page.locator(".nearest-normal img")).to_be_visible()
+    assert fits(page)
+    page.screenshot(path=str(SCREENSHOTS / "console-anomaly.png"), full_page=True)
+
+    # Every search and check of this session is in the history.
     page.goto(f"{base}/admin/search_api/searchlog/")
-    expect(page.locator("#result_list tbody tr")).to_have_count(6)
+    expect(page.locator("#result_list tbody tr")).to_have_count(7)
     assert blocked == []
     browser.close()
