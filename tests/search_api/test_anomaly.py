@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from catalog.models import DefectType, ImageType, Product
 from catalog.services import image_create
 from indexing.models import ProductAnomalyModel
+from indexing.services import index_build_activate
 from search_api.index_cache import index_cache
 from search_api.models import SearchLog
 from search_api.services import anomaly_results_purge
@@ -227,3 +228,18 @@ def test_the_console_anomaly_mode_shows_the_verdict_the_overlay_and_the_nearest_
         "/admin/search/", {"mode": "anomaly", "text": "dent", "product": product.pk, "image_type": "defect", "top_k": 5}
     ).content.decode()
     assert "needs exactly one photo or catalog image id" in text
+
+
+def test_rolling_back_the_normal_build_rolls_back_its_anomaly_models(anomaly_catalog, plain_api, product):
+    first, _ = anomaly_catalog
+    image_create(data=surface_photo(43), image_type=ImageType.NORMAL, product=product)
+    second = build_now("normal")
+    newer = ProductAnomalyModel.objects.get(build=second)
+    photo = surface_photo(700, defect=True)
+    assert detect(plain_api, image=photo, product_code="bracket-a").json()["index"]["build_id"] == second.pk
+    index_build_activate(build=first)
+    index_cache.reset()
+    older = detect(plain_api, image=photo, product_code="bracket-a").json()
+    assert older["index"]["build_id"] == first.pk
+    assert older["calibrated_threshold"] == ProductAnomalyModel.objects.get(build=first).threshold
+    assert newer.threshold != older["calibrated_threshold"]
