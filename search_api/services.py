@@ -36,7 +36,14 @@ from indexing.selectors import serving_engine
 from search_api.index_cache import index_cache
 from search_api.models import QueryKind, SearchLog, SearchSource
 from search_api.search import SearchQuery, serving_index, similarity_search
-from simsearch_project.errors import Conflict, NotFound, ServiceError, ServiceUnavailable, safe_reason
+from simsearch_project.errors import (
+    Conflict,
+    NotFound,
+    ServiceError,
+    ServiceUnavailable,
+    StorageUnavailable,
+    safe_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -474,8 +481,18 @@ def _anomaly_results_write(expires_at: datetime, files: dict[str, bytes]) -> dic
     is the permission to read it)."""
     folder = f"{settings.SIMSEARCH_RESULT_PREFIX.strip('/')}/{int(expires_at.timestamp())}-{uuid.uuid4().hex}"
     keys = {}
-    for name, data in files.items():
-        keys[name] = default_storage.save(f"{folder}/{name}", ContentFile(data))
+    try:
+        for name, data in files.items():
+            keys[name] = default_storage.save(f"{folder}/{name}", ContentFile(data))
+    except Exception as exc:  # storage backends raise OSError, botocore errors, ...
+        logger.exception("Writing anomaly results to storage failed")
+        try:
+            delete_prefix(folder)  # no half-written result left behind
+        except Exception:
+            logger.exception("Could not remove the partial anomaly result %s", folder)
+        raise StorageUnavailable(
+            _("The results could not be written to storage (%(reason)s).") % {"reason": safe_reason(exc)}
+        ) from exc
     return keys
 
 

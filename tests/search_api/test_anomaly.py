@@ -243,3 +243,14 @@ def test_rolling_back_the_normal_build_rolls_back_its_anomaly_models(anomaly_cat
     assert older["index"]["build_id"] == first.pk
     assert older["calibrated_threshold"] == ProductAnomalyModel.objects.get(build=first).threshold
     assert newer.threshold != older["calibrated_threshold"]
+
+
+def test_results_that_cannot_be_written_are_a_503_and_leave_nothing(anomaly_catalog, plain_api, settings):
+    # A file where the results folder should be: the local storage cannot create it (a real
+    # failure of the write, no fake storage).
+    blocker = default_storage.path("anomaly-results")
+    with open(blocker, "wb") as handle:
+        handle.write(b"in the way")
+    response = detect(plain_api, image=surface_photo(800, defect=True), product_code="bracket-a")
+    assert response.status_code == 503 and response.json()["code"] == "storage_unavailable"
+    assert not SearchLog.objects.exists()
