@@ -7,7 +7,7 @@ import threading
 from django.conf import settings
 
 from indexing.anomaly import PatchFeatureExtractor
-from indexing.embedder import Embedder, get_embedder, resolve_device
+from indexing.embedder import Embedder, WeightsUnavailable, get_embedder, resolve_device
 
 
 def current_embedder() -> Embedder:
@@ -42,4 +42,11 @@ def current_patch_extractor() -> PatchFeatureExtractor:
                 device=device,
                 threads=settings.SIMSEARCH_TORCH_THREADS or None,
             )
-        return _extractors[key]
+        extractor = _extractors[key]
+    expected = settings.SIMSEARCH_ANOMALY_WEIGHTS_SHA256
+    if expected and extractor.fingerprint_source["weights"] != f"file:sha256={expected.lower()}":
+        raise WeightsUnavailable(
+            f"SIMSEARCH_ANOMALY_WEIGHTS ({settings.SIMSEARCH_ANOMALY_WEIGHTS}) is not the file "
+            f"SIMSEARCH_ANOMALY_WEIGHTS_SHA256 names ({expected}): copy the right checkpoint or fix the setting."
+        )
+    return extractor

@@ -254,3 +254,21 @@ def test_results_that_cannot_be_written_are_a_503_and_leave_nothing(anomaly_cata
     response = detect(plain_api, image=surface_photo(800, defect=True), product_code="bracket-a")
     assert response.status_code == 503 and response.json()["code"] == "storage_unavailable"
     assert not SearchLog.objects.exists()
+
+
+def test_a_weights_file_with_another_sha256_is_refused(settings, tmp_path, anomaly_catalog, plain_api):
+    import hashlib
+
+    import torch
+    import torchvision
+
+    checkpoint = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoint)
+    settings.SIMSEARCH_ANOMALY_WEIGHTS = str(checkpoint)
+    settings.SIMSEARCH_ANOMALY_WEIGHTS_SHA256 = "0" * 64
+    refused = detect(plain_api, image=surface_photo(900), product_code="bracket-a")
+    assert refused.status_code == 503 and "SIMSEARCH_ANOMALY_WEIGHTS" in refused.json()["detail"]
+    settings.SIMSEARCH_ANOMALY_WEIGHTS_SHA256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    # The right file loads; its features are not those the active models were built with.
+    other = detect(plain_api, image=surface_photo(900), product_code="bracket-a")
+    assert other.status_code == 409 and other.json()["code"] == "model_mismatch"
