@@ -48,6 +48,22 @@ class SimsearchAutoSchema(AutoSchema):
             schema["additionalProperties"] = False
         return schema
 
+    def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+        super()._insert_field_validators(field, schema)
+        # DRF trims a CharField's value before checking it is not blank, so "\v" is refused as
+        # blank: the schema says an input needs one character that is not whitespace (Python's
+        # \S is the complement of what str.strip removes). After the validators, so that a
+        # field's own RegexValidator pattern (product codes) stays the one stated.
+        if (
+            isinstance(field, serializers.CharField)
+            and not field.read_only
+            and field.trim_whitespace
+            and not field.allow_blank
+            and schema.get("type") == "string"
+            and "pattern" not in schema
+        ):
+            schema["pattern"] = r"\S"
+
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         if direction != "response":

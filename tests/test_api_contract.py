@@ -121,3 +121,18 @@ def test_an_empty_optional_search_field_means_not_given(api, product, body_forma
     assert response.status_code == 503 and response.json()["code"] == "no_index"  # past validation
     nothing = api.post("/api/search/similarity/", {"text": "", "storage_url": ""}, format=body_format)
     assert nothing.status_code == 400 and "exactly one" in nothing.json()["detail"]
+
+
+def test_text_that_is_only_whitespace_is_refused_and_the_schema_says_so(spec, api):
+    """DRF trims text before its not-blank check; the schema must not promise that "\\v" is valid."""
+    field = spec["components"]["schemas"]["PatchedDefectTypeRequest"]["properties"]["defect_name_en"]
+    assert field["pattern"] == r"\S"
+    # A field with a pattern of its own keeps it.
+    code = spec["components"]["schemas"]["ProductRequest"]["properties"]["product_code"]
+    assert code["pattern"].startswith("^[A-Za-z0-9]")
+    response = api.post(
+        "/api/defect-types/",
+        {"defect_code": "dent", "defect_name_ko": "찍힘", "defect_name_en": "\u000b"},
+        format="json",
+    )
+    assert response.status_code == 400 and "defect_name_en" in response.json()["errors"]
