@@ -93,6 +93,17 @@ def _index_info(loaded: LoadedIndex) -> dict[str, Any]:
     }
 
 
+def _uploaded(upload: Any) -> tuple[bytes | None, str]:
+    """The bytes (within the upload limit) and name of an uploaded photo, if any. The file is
+    closed here, so a spooled temporary file is removed at once, on errors too."""
+    if not upload:
+        return None, "upload"
+    try:
+        return read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES), upload.name or "upload"
+    finally:
+        upload.close()
+
+
 class SimilaritySearchApi(generics.GenericAPIView):
     """Find the catalog images most similar to a photo (or a text), from the active index."""
 
@@ -122,25 +133,21 @@ class SimilaritySearchApi(generics.GenericAPIView):
         params = SimilaritySearchRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        upload = data.get("image")
-        try:
-            query = SearchInput(
-                top_k=data["top_k"],
-                image_type=data["image_type"],
-                upload=read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES) if upload else None,
-                upload_name=(upload.name if upload else None) or "upload",
-                image_id=data.get("image_id"),
-                storage_url=data.get("storage_url") or None,
-                text=data.get("text") or None,
-                product_code=data.get("product_code") or None,
-                defect_code=data.get("defect_code") or None,
-                exclude_image_id=data.get("exclude_image_id"),
-                request_host=request.get_host(),
-                source=SearchSource.API,
-            )
-        finally:
-            if upload:
-                upload.close()  # a spooled temporary file is removed now, on errors too
+        upload, upload_name = _uploaded(data.get("image"))
+        query = SearchInput(
+            top_k=data["top_k"],
+            image_type=data["image_type"],
+            upload=upload,
+            upload_name=upload_name,
+            image_id=data.get("image_id"),
+            storage_url=data.get("storage_url") or None,
+            text=data.get("text") or None,
+            product_code=data.get("product_code") or None,
+            defect_code=data.get("defect_code") or None,
+            exclude_image_id=data.get("exclude_image_id"),
+            request_host=request.get_host(),
+            source=SearchSource.API,
+        )
         result = search_run(query=query, user=request.user)
         body: dict[str, Any] = {
             "status": "success",
@@ -193,30 +200,26 @@ class AnomalyDetectApi(generics.GenericAPIView):
         },
         responses={
             200: AnomalyDetectResponseSerializer,
-            400: OpenApiResponse(description="Invalid query (the body names the problem)"),
-            404: OpenApiResponse(description="image_id or storage object not found"),
-            409: OpenApiResponse(description="The product has no anomaly model yet, or other features: rebuild"),
-            503: OpenApiResponse(description="No active normal index (run a rebuild), or storage unavailable"),
+            400: OpenApiResponse(description=_("Invalid query (the body names the problem)")),
+            404: OpenApiResponse(description=_("image_id or storage object not found")),
+            409: OpenApiResponse(description=_("The product has no anomaly model yet, or other features: rebuild")),
+            503: OpenApiResponse(description=_("No active normal index (run a rebuild), or storage unavailable")),
         },
     )
     def post(self, request: Request) -> Response:
         params = AnomalyDetectRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        upload = data.get("image")
-        try:
-            query = AnomalyInput(
-                product_code=data.get("product_code") or None,
-                upload=read_limited(upload, max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES) if upload else None,
-                upload_name=(upload.name if upload else None) or "upload",
-                image_id=data.get("image_id"),
-                storage_url=data.get("storage_url") or None,
-                request_host=request.get_host(),
-                source=SearchSource.API,
-            )
-        finally:
-            if upload:
-                upload.close()
+        upload, upload_name = _uploaded(data.get("image"))
+        query = AnomalyInput(
+            product_code=data.get("product_code") or None,
+            upload=upload,
+            upload_name=upload_name,
+            image_id=data.get("image_id"),
+            storage_url=data.get("storage_url") or None,
+            request_host=request.get_host(),
+            source=SearchSource.API,
+        )
         outcome = anomaly_check(query=query, user=request.user)
         nearest = outcome.nearest_normal
         body: dict[str, Any] = {

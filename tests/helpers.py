@@ -83,18 +83,25 @@ def stored_names() -> list[str]:
     return sorted(found)
 
 
+def surface_defect_mask(size: tuple[int, int] = (160, 128)) -> np.ndarray:
+    """Where `surface_photo(..., defect=True)` puts its dark disc: bool [height, width]."""
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.hypot(xx - width * 0.65, yy - height * 0.47) < min(size) * 0.1
+
+
 def surface_photo(seed: int, *, defect: bool = False, size: tuple[int, int] = (160, 128)) -> bytes:
     """A PNG of a striped, slightly varying grey surface (a "normal part"); with `defect`, a dark
-    disc near the right edge."""
+    disc near the right edge (`surface_defect_mask`)."""
     rng = np.random.default_rng(seed)
     width, height = size
     shading = np.asarray(
         PILImage.fromarray(rng.uniform(-1, 1, (4, 5)).astype(np.float32)).resize(size, PILImage.Resampling.BICUBIC)
     )
-    yy, xx = np.mgrid[0:height, 0:width]
+    xx = np.mgrid[0:height, 0:width][1]
     grey = 140 + 12 * np.sin(xx / 5.0) + 8 * shading + rng.normal(0, 3, (height, width))
     if defect:
-        grey = np.where(np.hypot(xx - width * 0.65, yy - height * 0.47) < min(size) * 0.1, 35.0, grey)
+        grey = np.where(surface_defect_mask(size), 35.0, grey)
     buffer = io.BytesIO()
     PILImage.fromarray(np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()

@@ -28,31 +28,18 @@ from indexing.anomaly import (
     score,
 )
 from indexing.embedder import WeightsUnavailable
+from tests.helpers import surface_defect_mask, surface_photo
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT_SIZE = 128
 PHOTO_SIZE = (160, 128)  # width, height: not square, so the map must be resized to the photo
-DEFECT_CENTER, DEFECT_RADIUS = (104, 60), 13
 NORMAL_IDS = [11, 12, 13, 14, 15, 16]  # catalog ids of the six training normals
 
 
 def part_photo(seed: int, *, defect: bool = False) -> tuple[bytes, np.ndarray]:
-    """A PNG of a striped, slightly varying surface; with `defect`, a dark disc. (photo, mask)."""
-    rng = np.random.default_rng(seed)
-    width, height = PHOTO_SIZE
-    shading = np.asarray(
-        Image.fromarray(rng.uniform(-1, 1, (4, 5)).astype(np.float32)).resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
-    )
-    yy, xx = np.mgrid[0:height, 0:width]
-    grey = 140 + 12 * np.sin(xx / 5.0) + 8 * shading + rng.normal(0, 3, (height, width))
-    mask = np.hypot(xx - DEFECT_CENTER[0], yy - DEFECT_CENTER[1]) < DEFECT_RADIUS
-    if defect:
-        grey = np.where(mask, 35.0, grey)
-    else:
-        mask = np.zeros_like(mask)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue(), mask
+    """A striped, slightly varying surface; with `defect`, a dark disc. (photo, mask)."""
+    mask = surface_defect_mask(PHOTO_SIZE) if defect else np.zeros(PHOTO_SIZE[::-1], dtype=bool)
+    return surface_photo(seed, defect=defect, size=PHOTO_SIZE), mask
 
 
 @pytest.fixture(scope="module")
