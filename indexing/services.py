@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 REBUILD_TASK = "indexing.tasks.index_builds_run"
 CACHE_LOOKUP_CHUNK = 500
 REQUEST_ATTEMPTS = 5
+ANOMALY_READ_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -476,7 +477,13 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
             reused_from = row.build_id
             auroc_value = row.image_auroc if row.eval_set_sha256 == eval_set else _anomaly_auroc(model, defect_files)
         else:
-            features = extractor.extract([s.read() for s in normals])
+            # A chunk of photos at a time: only their features stay, not every file's bytes.
+            features = np.concatenate(
+                [
+                    extractor.extract([s.read() for s in normals[start : start + ANOMALY_READ_CHUNK]])
+                    for start in range(0, len(normals), ANOMALY_READ_CHUNK)
+                ]
+            )
             model = fit_anomaly_model(
                 features,
                 feature_fingerprint=extractor.fingerprint,
