@@ -9,7 +9,7 @@ import numpy as np
 from django.utils.translation import gettext as _
 
 from indexing.artifacts import LoadedIndex
-from indexing.embedder import WeightsUnavailable
+from indexing.embedder import Embedder, WeightsUnavailable
 from indexing.runtime import current_embedder
 from indexing.vector_index import search
 from search_api.index_cache import index_cache
@@ -53,10 +53,10 @@ def serving_index(*, engine: str, image_type: str) -> LoadedIndex:
     return loaded
 
 
-def similarity_search(query: SearchQuery) -> SearchOutcome:
-    loaded = serving_index(engine=query.engine, image_type=query.image_type)
+def search_embedder() -> Embedder:
+    """The process's query embedder, or a 503 that names the settings to check."""
     try:
-        embedder = current_embedder()
+        return current_embedder()
     except WeightsUnavailable as exc:
         logger.error("The search model could not be loaded: %s", exc)
         raise ServiceUnavailable(
@@ -66,6 +66,31 @@ def similarity_search(query: SearchQuery) -> SearchOutcome:
             ),
             code="model_unavailable",
         ) from exc
+
+
+def undecodable_query(exc: Exception) -> ServiceError:
+    """A query photo that passed validation but that a decoder still refuses: a 400."""
+    return ServiceError(
+        _("The query image could not be decoded (%(reason)s).") % {"reason": safe_reason(exc)}, code="bad_image"
+    )
+
+
+def query_vector(*, image: bytes | None, text: str | None) -> np.ndarray:
+    """The query's embedding: the photo's if there is one, else the text's."""
+    embedder = search_embedder()
+    if image is None:
+        return embedder.encode_texts([text or ""])
+    try:
+        return embedder.encode_image_bytes(image)
+    except Exception as exc:  # validated upstream; a decoder can still refuse odd files
+        raise undecodable_query(exc) from exc
+
+
+def similarity_search(query: SearchQuery, *, vector: np.ndarray | None = None) -> SearchOutcome:
+    """Search the serving index of the query's engine and image type. `vector`: the query's
+    embedding when the caller already has it (one query asked of two engines)."""
+    loaded = serving_index(engine=query.engine, image_type=query.image_type)
+    embedder = search_embedder()
     if embedder.fingerprint != loaded.fingerprint:
         raise Conflict(
             _(
@@ -83,16 +108,8 @@ def similarity_search(query: SearchQuery) -> SearchOutcome:
             },
             code="model_mismatch",
         )
-    if query.image is not None:
-        try:
-            vector = embedder.encode_image_bytes(query.image)
-        except Exception as exc:  # validated upstream; a decoder can still refuse odd files
-            raise ServiceError(
-                _("The query image could not be decoded (%(reason)s).") % {"reason": safe_reason(exc)},
-                code="bad_image",
-            ) from exc
-    else:
-        vector = embedder.encode_texts([query.text or ""])
+    if vector is None:
+        vector = query_vector(image=query.image, text=query.text)
     allowed = loaded.ids_matching(product_code=query.product_code, defect_code=query.defect_code)
     excluded = [query.exclude_image_id] if query.exclude_image_id is not None else []
     if query.exclude_sha256:

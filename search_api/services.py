@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -21,7 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from catalog.models import Product
+from catalog.models import Image, Product
 from catalog.selectors import defect_type_get_by_code, image_list_visible_to, product_get_by_code
 from catalog.services import image_inspect
 from catalog.storage import delete_prefix, read_stored
@@ -35,11 +36,10 @@ from indexing.runtime import current_patch_extractor
 from indexing.selectors import serving_engine
 from search_api.index_cache import index_cache
 from search_api.models import QueryKind, SearchLog, SearchSource
-from search_api.search import SearchQuery, serving_index, similarity_search
+from search_api.search import SearchQuery, query_vector, serving_index, similarity_search, undecodable_query
 from simsearch_project.errors import (
     Conflict,
     NotFound,
-    ServiceError,
     ServiceUnavailable,
     StorageUnavailable,
     safe_reason,
@@ -145,6 +145,7 @@ class _ResolvedQuery:
     label: str
     kind: str
     reference: str
+    catalog_image: Image | None = None  # the row of an image_id query (its product comes with it)
 
     @property
     def sha256(self) -> str | None:
@@ -167,12 +168,23 @@ def search_compare(*, query: SearchInput, user: Any) -> EngineComparison:
     for engine in (IndexEngine.V2, IndexEngine.V1):
         serving_index(engine=engine, image_type=query.image_type)  # both exist, or a 503 that says which
     resolved = _resolve(query, user)
+    # One model embeds for both engines (each index is checked against its fingerprint): the query
+    # is embedded once, and each answer's time includes that embedding.
+    started = time.perf_counter()
+    vector = query_vector(image=resolved.image, text=query.text)
+    embed_seconds = time.perf_counter() - started
     results: dict[str, SearchResult] = {}
     for engine in (IndexEngine.V2, IndexEngine.V1):
-        started = time.perf_counter()
         # A legacy index has no image ids: the query image itself is left out by its content hash.
         exclude_sha256 = resolved.sha256 if engine == IndexEngine.V1 and query.exclude_image_id else None
-        results[engine] = _search(engine, query, resolved, started=started, exclude_sha256=exclude_sha256)
+        results[engine] = _search(
+            engine,
+            query,
+            resolved,
+            started=time.perf_counter() - embed_seconds,
+            exclude_sha256=exclude_sha256,
+            vector=vector,
+        )
         search_log_record(
             query=query, kind=resolved.kind, reference=resolved.reference, result=results[engine], user=user
         )
@@ -216,7 +228,13 @@ def label_disagreements(v2: SearchResult, v1: SearchResult) -> list[LabelDisagre
 
 
 def _search(
-    engine: str, query: SearchInput, resolved: _ResolvedQuery, *, started: float, exclude_sha256: str | None = None
+    engine: str,
+    query: SearchInput,
+    resolved: _ResolvedQuery,
+    *,
+    started: float,
+    exclude_sha256: str | None = None,
+    vector: np.ndarray | None = None,
 ) -> SearchResult:
     product_code, defect_code = query.product_code or None, query.defect_code or None
     _check_codes(engine, query.image_type, product_code, defect_code)
@@ -231,7 +249,8 @@ def _search(
             defect_code=defect_code,
             exclude_image_id=query.exclude_image_id if engine == IndexEngine.V2 else None,
             exclude_sha256=exclude_sha256,
-        )
+        ),
+        vector=vector,
     )
     records = outcome.index.records
     hits: list[V2Hit] | list[V1Hit]
@@ -266,10 +285,12 @@ def _resolve(query: SearchInput, user: Any) -> _ResolvedQuery:
         return _ResolvedQuery(data, query.upload_name, QueryKind.UPLOAD, hashlib.sha256(data).hexdigest())
     if query.image_id is not None:
         # Another client's temporary image is not this user's to search with (nor to learn of).
-        image = image_list_visible_to(user=user).filter(pk=query.image_id).first()
+        image = image_list_visible_to(user=user).filter(pk=query.image_id).select_related("product").first()
         if image is None:
             raise NotFound(_("No catalog image with id %(id)s.") % {"id": query.image_id})
-        return _ResolvedQuery(read_stored(image.file.name), f"image_id:{image.pk}", QueryKind.IMAGE_ID, str(image.pk))
+        return _ResolvedQuery(
+            read_stored(image.file.name), f"image_id:{image.pk}", QueryKind.IMAGE_ID, str(image.pk), image
+        )
     if query.storage_url:
         try:
             key = storage_key_from_url(query.storage_url, request_host=query.request_host)
@@ -377,7 +398,7 @@ def anomaly_check(*, query: AnomalyInput, user: Any) -> AnomalyOutcome:
         ),
         user,
     )
-    product = _anomaly_product(query, user)
+    product = _anomaly_product(query, resolved)
     loaded = serving_index(engine=IndexEngine.V2, image_type=GalleryType.NORMAL)
     entry = loaded.manifest.get("anomaly_models", {}).get(product.product_code)
     if entry is None:
@@ -412,9 +433,7 @@ def anomaly_check(*, query: AnomalyInput, user: Any) -> AnomalyOutcome:
     try:
         features = extractor.extract([image])[0]
     except Exception as exc:  # validated upstream; a decoder can still refuse odd files
-        raise ServiceError(
-            _("The query image could not be decoded (%(reason)s).") % {"reason": safe_reason(exc)}, code="bad_image"
-        ) from exc
+        raise undecodable_query(exc) from exc
     threshold = product.anomaly_threshold if product.anomaly_threshold is not None else model.threshold
     checked = anomaly_score(model, features, size=photo_size(image), threshold=threshold)
     expires_at = timezone.now() + timedelta(seconds=settings.SIMSEARCH_RESULT_TTL_SECONDS)
@@ -462,16 +481,14 @@ def _patch_extractor() -> PatchFeatureExtractor:
         ) from exc
 
 
-def _anomaly_product(query: AnomalyInput, user: Any) -> Product:
+def _anomaly_product(query: AnomalyInput, resolved: _ResolvedQuery) -> Product:
     if query.product_code:
         product = product_get_by_code(product_code=query.product_code)
         if product is None:
             raise _invalid("product_code", _("Unknown product code “%(code)s”.") % {"code": query.product_code})
         return product
-    if query.image_id is not None:
-        image = image_list_visible_to(user=user).filter(pk=query.image_id).select_related("product").first()
-        if image is not None and image.product is not None:
-            return image.product
+    if resolved.catalog_image is not None and resolved.catalog_image.product is not None:
+        return resolved.catalog_image.product
     raise _invalid("product_code", _("Give the product_code of the part in the photo."))
 
 
@@ -517,57 +534,61 @@ def anomaly_results_purge(*, now: datetime | None = None) -> int:
 
 
 def _anomaly_log_record(*, query: AnomalyInput, resolved: _ResolvedQuery, outcome: AnomalyOutcome, user: Any) -> None:
-    try:
-        SearchLog.objects.create(
-            user_id=getattr(user, "pk", None),
-            source=query.source,
-            query_kind=QueryKind.ANOMALY,
-            query_ref=resolved.reference[:600],
-            image_type=GalleryType.NORMAL,
-            filters={
-                "product_code": outcome.product_code,
-                "input": resolved.kind,
-                "threshold": outcome.threshold,
-                "is_anomalous": outcome.is_anomalous,
-            },
-            engine=IndexEngine.V2,
-            build_id=outcome.index.build_id,
-            result_ids=[outcome.nearest_normal.image_id] if outcome.nearest_normal else [],
-            scores=[outcome.score],
-            latency_ms=round(outcome.elapsed_ms, 2),
-        )
-    except DatabaseError:
-        logger.warning("An anomaly check was answered but could not be written to the history", exc_info=True)
+    _history_write(
+        user=user,
+        source=query.source,
+        query_kind=QueryKind.ANOMALY,
+        query_ref=resolved.reference,
+        image_type=GalleryType.NORMAL,
+        filters={
+            "product_code": outcome.product_code,
+            "input": resolved.kind,
+            "threshold": outcome.threshold,
+            "is_anomalous": outcome.is_anomalous,
+        },
+        engine=IndexEngine.V2,
+        build_id=outcome.index.build_id,
+        result_ids=[outcome.nearest_normal.image_id] if outcome.nearest_normal else [],
+        scores=[outcome.score],
+        latency_ms=outcome.elapsed_ms,
+    )
 
 
 # --- search history -------------------------------------------------------------------------
 
 
 def search_log_record(*, query: SearchInput, kind: str, reference: str, result: SearchResult, user: Any) -> None:
-    """One history row per search. Never fails a search: while the database is down, searches are
-    answered from the local index and the row is lost (logged)."""
+    """One history row per search (`_history_write`)."""
     filters = {
         "top_k": query.top_k,
         "product_code": query.product_code or None,
         "defect_code": query.defect_code or None,
         "exclude_image_id": query.exclude_image_id,
     }
+    _history_write(
+        user=user,
+        source=query.source,
+        query_kind=kind,
+        query_ref=reference,
+        image_type=query.image_type,
+        filters={k: v for k, v in filters.items() if v is not None},
+        engine=result.engine,
+        build_id=result.index.build_id,
+        result_ids=[hit.image_id if isinstance(hit, V2Hit) else hit.image_path for hit in result.hits],
+        scores=[hit.score for hit in result.hits],
+        latency_ms=result.elapsed_ms,
+    )
+
+
+def _history_write(*, user: Any, query_ref: str, latency_ms: float, **fields: Any) -> None:
+    """One history row. Never fails the answer: while the database is down, searches and checks
+    are answered from the local index and the row is lost (logged)."""
     try:
         SearchLog.objects.create(
-            user_id=getattr(user, "pk", None),
-            source=query.source,
-            query_kind=kind,
-            query_ref=reference[:600],
-            image_type=query.image_type,
-            filters={k: v for k, v in filters.items() if v is not None},
-            engine=result.engine,
-            build_id=result.index.build_id,
-            result_ids=[hit.image_id if isinstance(hit, V2Hit) else hit.image_path for hit in result.hits],
-            scores=[hit.score for hit in result.hits],
-            latency_ms=round(result.elapsed_ms, 2),
+            user_id=getattr(user, "pk", None), query_ref=query_ref[:600], latency_ms=round(latency_ms, 2), **fields
         )
     except DatabaseError:
-        logger.warning("A search was answered but could not be written to the search history", exc_info=True)
+        logger.warning("A %s was answered but could not be written to the history", fields["query_kind"], exc_info=True)
 
 
 def search_log_purge(*, now: datetime | None = None) -> int:
