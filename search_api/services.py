@@ -427,7 +427,18 @@ def anomaly_check(*, query: AnomalyInput, user: Any) -> AnomalyOutcome:
             % {"build": loaded.build_id},
             code="model_mismatch",
         )
-    model = index_cache.anomaly_model(loaded, product.product_code)
+    try:
+        model = index_cache.anomaly_model(loaded, product.product_code)
+    except Exception as exc:  # its file gone (pruned meanwhile), altered, or the storage down
+        logger.exception("Could not load the anomaly model of %s from build %s", product.product_code, loaded.build_id)
+        raise ServiceUnavailable(
+            _(
+                "The anomaly model of “%(code)s” in build %(build)s could not be loaded (%(reason)s). Retry, or "
+                "rebuild the normal index."
+            )
+            % {"code": product.product_code, "build": loaded.build_id, "reason": safe_reason(exc)},
+            code="model_unavailable",
+        ) from exc
     image = resolved.image
     assert image is not None  # _resolve reads a photo for every input kind but text
     try:

@@ -272,3 +272,13 @@ def test_a_weights_file_with_another_sha256_is_refused(settings, tmp_path, anoma
     # The right file loads; its features are not those the active models were built with.
     other = detect(plain_api, image=surface_photo(900), product_code="bracket-a")
     assert other.status_code == 409 and other.json()["code"] == "model_mismatch"
+
+
+def test_a_model_file_gone_from_storage_is_a_503_not_a_500(anomaly_catalog, plain_api):
+    build, _ = anomaly_catalog
+    row = ProductAnomalyModel.objects.get(build=build)
+    default_storage.delete(f"{build.artifact_prefix}/{row.file_name}")
+    index_cache.reset()
+    response = detect(plain_api, image=surface_photo(901), product_code="bracket-a")
+    assert response.status_code == 503 and response.json()["code"] == "model_unavailable"
+    assert "rebuild the normal index" in response.json()["detail"]
