@@ -168,6 +168,14 @@ def browse(playwright, base: str, images, photos: list[bytes], dented: Path) -> 
     assert fits(page)
     page.screenshot(path=str(SCREENSHOTS / "console-anomaly.png"), full_page=True)
 
+    # The product page shows its anomaly model and takes a threshold override, at 1366 px.
+    page.goto(f"{base}/admin/catalog/product/")
+    page.get_by_role("link", name="bracket-a").first.click()
+    expect(page.locator(".field-anomaly_model")).to_contain_text("from 5 normal images")
+    expect(page.locator("#id_anomaly_threshold")).to_be_visible()
+    assert fits(page)
+    page.screenshot(path=str(SCREENSHOTS / "product-anomaly.png"), full_page=True)
+
     # Every search and check of this session is in the history.
     page.goto(f"{base}/admin/search_api/searchlog/")
     expect(page.locator("#result_list tbody tr")).to_have_count(7)
