@@ -19,30 +19,33 @@ building the models <= 0.5x the time to embed the same normal images. Both are t
 pair, interleaved, so load from other processes affects both sides alike; absolute times on a
 shared 2-core machine vary by 2x, the ratios much less.
 
-Measured (2 cores, AMD EPYC, untrained weights; about 95 s on an idle machine):
+Measured (2 cores, AMD EPYC, untrained weights, 2026-11-26; about 60 s on an idle machine):
 
     configuration                 image AUROC  pixel AUROC  bank per 1,000 normals
-    320 px, 192-d, coreset 0.10   0.79         0.93         60 MiB   <- default
-    320 px, 192-d, coreset 0.01   0.65         0.83          6 MiB
-    320 px, 192-d, coreset 0.05   0.77         0.92         30 MiB
-    320 px, 192-d, coreset 0.25   0.80         0.94        148 MiB
+    256 px, 192-d, coreset 0.10   0.73         0.89         38 MiB   <- default
+    256 px, 192-d, coreset 0.01   0.58         0.78          4 MiB
+    256 px, 192-d, coreset 0.05   0.69         0.87         19 MiB
+    256 px, 192-d, coreset 0.25   0.71         0.90         95 MiB
+    256 px, 384-d, coreset 0.10   0.70         0.88         76 MiB
+    320 px, 192-d, coreset 0.10   0.79         0.93         60 MiB
     320 px, 384-d, coreset 0.10   0.81         0.92        119 MiB
-    256 px, 192-d, coreset 0.10   0.73         0.89         38 MiB
-    256 px, 384-d, coreset 0.10   0.70         0.88         76 MiB   (the issue's set-up)
     224 px, 192-d, coreset 0.10   0.65         0.85         29 MiB
 
-  320 px beats 256 px by 0.06 image / 0.04 pixel AUROC for about 1.6x the feature time; halving
-  the channels (192-d) is within noise of all 384 and halves memory and search time; coreset 0.1
-  is where the curve flattens (0.25 costs 2.5x the memory for +0.01). The image score as the
-  peak of the smoothed map beats PatchCore's largest raw patch distance by 0.01-0.04 in every
-  configuration. Threshold = max of the leave-one-out scores: no held-out normal flagged (0 of
-  20), 25% of defects flagged; mean + 2 std or the 95th percentile: also 0 of 20, 33-35% flagged
-  (chosen against them: see indexing/anomaly.py). Dents (0.55) and thin scratches (0.6) are
-  what random features miss; pretrained ImageNet weights are what PatchCore's 0.99 needs.
-  Costs: check 114 ms vs search 90 ms (1.26x, target <= 2); model build 89 ms vs embedding 54 ms
-  per normal image (1.6x, target <= 0.5: ResNet-18 features at 320 px alone cost about as much as
-  the ViT-B-32 embedding); coreset 0.1 of 1,600 patches per photo is 60 MiB per 1,000 normal
-  images, capped at 16,384 rows (6 MiB float16, 12 MiB float32 in FAISS) per product."""
+  320 px beats 256 px by 0.06 image / 0.04 pixel AUROC with random features, for 1.6x the
+  feature time and 1.5x the fit; 256 px is PatchCore's own scale (resize 256, crop 224) and
+  the default, because the model build has to stay a fraction of the normal build (below).
+  Halving the channels (192-d) is within noise of all 384 and halves memory and search time;
+  coreset 0.1 is where the curve flattens. The image score as the peak of the smoothed map
+  beats PatchCore's largest raw patch distance by 0.01-0.04. Threshold = max of the
+  leave-one-out scores: no held-out normal flagged (0 of 20), 10% of defects flagged; mean +
+  2 std or the 95th percentile flag 5% of normals for 12% of defects (chosen against them: see
+  indexing/anomaly.py). Dents and thin scratches are what random features miss; pretrained
+  ImageNet weights are what PatchCore's 0.99 needs.
+  Costs: check 88 ms vs search 92 ms (0.96x, target <= 2); model build 42 ms vs embedding 58 ms
+  per normal image (0.72x with 20 normals per product, 0.85x with 50; target <= 0.5, not met:
+  features 20 ms, the rest coreset and calibration); coreset 0.1 of 1,024 patches per photo is
+  38 MiB per 1,000 normal images, capped at 16,384 rows (6 MiB float16, 12 MiB float32 in FAISS)
+  per product."""
 
 from __future__ import annotations
 
@@ -300,7 +303,7 @@ def evaluate(
     datasets: list[Dataset],
     *,
     label: str,
-    input_size: int = 320,
+    input_size: int = 256,
     feature_dim: int | None = 192,
     coreset_ratios: tuple[float, ...] = (0.1,),
 ) -> list[Evaluation]:
@@ -491,12 +494,12 @@ def main(
     log(f"generated {2 * (train + test_normal + test_defect)} photos in {time.perf_counter() - started:.1f} s")
 
     ratios = (0.01, 0.05, 0.1, 0.25) if compare else (0.1,)
-    evaluations = evaluate(datasets, label="resnet18 320 px, 192-d (default)", coreset_ratios=ratios)
+    evaluations = evaluate(datasets, label="resnet18 256 px, 192-d (default)", coreset_ratios=ratios)
     chosen = next(e for e in evaluations if e.label.endswith("coreset 0.1"))
     if compare:
-        evaluations += evaluate(datasets, label="resnet18 320 px, 384-d", feature_dim=None)
-        evaluations += evaluate(datasets, label="resnet18 256 px, 192-d", input_size=256)
-        evaluations += evaluate(datasets, label="resnet18 256 px, 384-d", input_size=256, feature_dim=None)
+        evaluations += evaluate(datasets, label="resnet18 256 px, 384-d", feature_dim=None)
+        evaluations += evaluate(datasets, label="resnet18 320 px, 192-d", input_size=320)
+        evaluations += evaluate(datasets, label="resnet18 320 px, 384-d", input_size=320, feature_dim=None)
         evaluations += evaluate(datasets, label="resnet18 224 px, 192-d", input_size=224)
     for evaluation in evaluations:
         log(_format(evaluation))
@@ -505,7 +508,7 @@ def main(
         log(f"  {rule}: FPR {fpr:.2f}, TPR {tpr:.2f}")
 
     costs = measure_costs(datasets, queries=queries)
-    details = f"{2 * train} normal + {2 * (test_normal + test_defect)} test photos {photo}, untrained resnet18 320 px"
+    details = f"{2 * train} normal + {2 * (test_normal + test_defect)} test photos {photo}, untrained resnet18 256 px"
     table.add(
         Row("anomaly: image AUROC (generated defects)", f"{chosen.image_auroc:.3f}", None, "", details),
         Row(
@@ -534,7 +537,7 @@ def main(
             f"{chosen.bank_bytes_per_1000 / 2**20:.1f} MiB float16 (x3 while served: float32 FAISS copy)",
             None,
             "bounded",
-            "coreset 0.1 of 40x40 patches x 192-d; capped at 16,384 patches (6 MiB) per product",
+            "coreset 0.1 of 32x32 patches x 192-d; capped at 16,384 patches (6 MiB) per product",
         ),
     )
     log(f"total {time.perf_counter() - started:.0f} s")

@@ -242,3 +242,35 @@ def test_features_from_another_configuration_are_refused(
     model.require_fingerprint(extractor.fingerprint)
     with pytest.raises(IncompatibleAnomalyModel):
         model.require_fingerprint("0" * 32)
+
+
+def test_leave_one_out_scores_match_an_exact_search_without_the_image_and_never_fall_below_it(
+    model: AnomalyModel, normals: np.ndarray
+) -> None:
+    """fit_anomaly_model searches an HNSW graph with the image's own rows excluded; the reference
+    here is a brute-force numpy search over the other images' rows."""
+    from indexing.anomaly import smooth_map
+
+    bank = model.features.astype(np.float32)
+    n, h, w, dim = normals.shape
+    for i in range(n):
+        others = bank[model.sources != i]
+        queries = normals[i].reshape(h * w, dim)
+        squared = (queries**2).sum(1)[:, None] - 2 * queries @ others.T + (others**2).sum(1)[None, :]
+        exact = smooth_map(np.sqrt(np.maximum(squared.min(axis=1), 0)).reshape(h, w), input_size=INPUT_SIZE).max()
+        assert model.calibration_scores[i] >= exact - 1e-4
+        assert model.calibration_scores[i] == pytest.approx(exact, rel=0.02)
+
+
+def test_the_fused_channels_last_trunk_gives_the_plain_resnet_layers(extractor: PatchFeatureExtractor) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        resnet = torchvision.models.resnet18(weights=None).eval()
+    batch = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE)
+    with torch.inference_mode():
+        stem = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+        f2 = resnet.layer2(stem(batch))
+        f3 = resnet.layer3(f2)
+        fused2, fused3 = extractor.trunk(batch.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fused2, f2, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fused3, f3, rtol=1e-3, atol=1e-4)
