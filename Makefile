@@ -60,9 +60,11 @@ demo-data: venv messages
 	$(DEMO_ENV) $(PY) manage.py create_roles
 	$(DEMO_ENV) $(PY) manage.py load_demo_catalog
 
-# Uses the configured weights when they load, otherwise untrained weights (with a loud warning).
+# Uses the configured weights when they load, otherwise untrained weights (with a loud warning and
+# the fetch_weights commands that fix it); untrained weights have no file whose sha256 could be checked.
 demo: demo-data
 	@weights="$$($(DEMO_ENV) $(PY) manage.py demo_weights)" && \
+	if [ "$$weights" = untrained ]; then export SIMSEARCH_PRETRAINED_SHA256=; fi && \
 	$(DEMO_ENV) SIMSEARCH_PRETRAINED="$$weights" $(PY) manage.py rebuild_index --type all --sync && \
 	$(DEMO_ENV) SIMSEARCH_PRETRAINED="$$weights" $(PY) manage.py serve_demo --host $(HOST) --port $(PORT)
 

@@ -21,6 +21,8 @@ import open_clip
 import torch
 from PIL import Image
 
+from indexing.weights import is_checkpoint_path
+
 logger = logging.getLogger(__name__)
 
 UNTRAINED = "untrained"
@@ -64,11 +66,12 @@ def _weights_identity(model_name: str, pretrained: str) -> tuple[str | None, str
         versions = f"open_clip {open_clip.__version__}, torch {torch.__version__.split('+')[0]}"
         return None, f"untrained:seed={UNTRAINED_SEED}:{versions}"
     path = Path(pretrained).expanduser()
-    if pretrained.startswith(("/", ".", "~")) or path.suffix in {".pt", ".bin", ".safetensors", ".pth"}:
+    if is_checkpoint_path(pretrained):
         if not path.is_file():
             raise WeightsUnavailable(
-                f"SIMSEARCH_PRETRAINED points at {path}, which is not a file. Copy the checkpoint there, "
-                f"or set SIMSEARCH_PRETRAINED to an open_clip tag or '{UNTRAINED}'."
+                f"SIMSEARCH_PRETRAINED points at {path}, which is not a file. Copy the checkpoint there "
+                f"(`manage.py fetch_weights` writes one on a machine with internet), or set SIMSEARCH_PRETRAINED "
+                f"to an open_clip tag or '{UNTRAINED}'."
             )
         return str(path), f"file:sha256={_sha256_file(path)}"
     tags = open_clip.list_pretrained_tags_by_model(model_name)

@@ -9,15 +9,40 @@ from django.conf import settings
 from indexing.anomaly import PatchFeatureExtractor
 from indexing.embedder import Embedder, WeightsUnavailable, get_embedder, resolve_device
 
+FILE_IDENTITY_PREFIX = "file:sha256="
+
+
+def require_weights_sha256(*, weights_identity: str, setting: str, value: str, expected: str) -> None:
+    """Refuse loaded weights whose file is not the one `<setting>_SHA256` names (when it is set).
+    `weights_identity` is the loaded model's `fingerprint_source["weights"]`."""
+    if not expected:
+        return
+    actual = weights_identity.removeprefix(FILE_IDENTITY_PREFIX)
+    if weights_identity.startswith(FILE_IDENTITY_PREFIX) and actual == expected.lower():
+        return
+    found = f"has sha256 {actual}" if weights_identity.startswith(FILE_IDENTITY_PREFIX) else "is not a file"
+    raise WeightsUnavailable(
+        f"{setting}={value} {found}, but {setting}_SHA256 expects {expected.lower()}. Copy the file that "
+        f"`manage.py fetch_weights` wrote (check it with `sha256sum -c SHA256SUMS` in its folder), or set "
+        f"{setting}_SHA256 to the hash of the file you mean to use."
+    )
+
 
 def current_embedder() -> Embedder:
     """The embedder for the configured SIMSEARCH_MODEL / SIMSEARCH_PRETRAINED."""
-    return get_embedder(
+    embedder = get_embedder(
         model_name=settings.SIMSEARCH_MODEL,
         pretrained=settings.SIMSEARCH_PRETRAINED,
         device=resolve_device(settings.SIMSEARCH_DEVICE),
         threads=settings.SIMSEARCH_TORCH_THREADS or None,
     )
+    require_weights_sha256(
+        weights_identity=embedder.fingerprint_source["weights"],
+        setting="SIMSEARCH_PRETRAINED",
+        value=settings.SIMSEARCH_PRETRAINED,
+        expected=settings.SIMSEARCH_PRETRAINED_SHA256,
+    )
+    return embedder
 
 
 _extractors: dict[tuple[str, str, int, str], PatchFeatureExtractor] = {}
@@ -43,10 +68,10 @@ def current_patch_extractor() -> PatchFeatureExtractor:
                 threads=settings.SIMSEARCH_TORCH_THREADS or None,
             )
         extractor = _extractors[key]
-    expected = settings.SIMSEARCH_ANOMALY_WEIGHTS_SHA256
-    if expected and extractor.fingerprint_source["weights"] != f"file:sha256={expected.lower()}":
-        raise WeightsUnavailable(
-            f"SIMSEARCH_ANOMALY_WEIGHTS ({settings.SIMSEARCH_ANOMALY_WEIGHTS}) is not the file "
-            f"SIMSEARCH_ANOMALY_WEIGHTS_SHA256 names ({expected}): copy the right checkpoint or fix the setting."
-        )
+    require_weights_sha256(
+        weights_identity=extractor.fingerprint_source["weights"],
+        setting="SIMSEARCH_ANOMALY_WEIGHTS",
+        value=settings.SIMSEARCH_ANOMALY_WEIGHTS,
+        expected=settings.SIMSEARCH_ANOMALY_WEIGHTS_SHA256,
+    )
     return extractor

@@ -11,6 +11,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
+from indexing.weights import is_checkpoint_path, is_sha256_hex
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -205,6 +207,21 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # --- Embeddings and indexes ---------------------------------------------------------------
 SIMSEARCH_MODEL = env_str("SIMSEARCH_MODEL", "ViT-B-32")
 SIMSEARCH_PRETRAINED = env_str("SIMSEARCH_PRETRAINED", "laion2b_s34b_b79k")
+# When set, the checkpoint file must have this sha256 (checked at load; `manage.py fetch_weights` prints it).
+SIMSEARCH_PRETRAINED_SHA256 = env_str("SIMSEARCH_PRETRAINED_SHA256", "").lower()
+if SIMSEARCH_PRETRAINED_SHA256:
+    if not is_sha256_hex(SIMSEARCH_PRETRAINED_SHA256):
+        raise ImproperlyConfigured(
+            f"SIMSEARCH_PRETRAINED_SHA256 must be the 64 hex digits that `sha256sum <checkpoint>` prints, "
+            f"not {SIMSEARCH_PRETRAINED_SHA256!r}."
+        )
+    if not is_checkpoint_path(SIMSEARCH_PRETRAINED):
+        raise ImproperlyConfigured(
+            f"SIMSEARCH_PRETRAINED_SHA256 is set, but SIMSEARCH_PRETRAINED={SIMSEARCH_PRETRAINED!r} is not a "
+            f"checkpoint file (an open_clip tag or 'untrained'), so there is no file to check. Set "
+            f"SIMSEARCH_PRETRAINED to the checkpoint's path (`manage.py fetch_weights` prints both settings), "
+            f"or unset SIMSEARCH_PRETRAINED_SHA256."
+        )
 SIMSEARCH_DEVICE = env_str("SIMSEARCH_DEVICE", "auto")  # auto | cpu | cuda
 # torch threads per process; 0 = torch's default (all cores). Keep workers x threads <= cores.
 SIMSEARCH_TORCH_THREADS = env_int("SIMSEARCH_TORCH_THREADS", 0)

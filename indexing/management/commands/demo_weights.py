@@ -2,22 +2,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import open_clip
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from indexing.embedder import UNTRAINED, Embedder, WeightsUnavailable
+from indexing.embedder import UNTRAINED, WeightsUnavailable
+from indexing.runtime import current_embedder
+from indexing.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, air_gap_commands
 
+RULE = "*" * 100
 BANNER = """
-************************************************************************************
-*  DEMO RUNS ON UNTRAINED (RANDOM) WEIGHTS: similarity results are NOT meaningful.  *
-*  {reason:<80}*
-*  For real CLIP similarity: on a machine with internet run                         *
-*    .venv/bin/python -c "import open_clip; open_clip.create_model_and_transforms(  *
-*        'ViT-B-32', pretrained='laion2b_s34b_b79k')"                                *
-*  (it caches the weights), or copy a checkpoint file here and set                  *
-*  SIMSEARCH_PRETRAINED=/path/to/checkpoint, then run `make demo` again.            *
-************************************************************************************
+{rule}
+DEMO RUNS ON UNTRAINED (RANDOM) WEIGHTS: similarity results are NOT meaningful.
+{reason}
+
+For real CLIP similarity (and ImageNet features for the anomaly check), put the weights here.
+{commands}{rule}
 """
+
+
+def _hint() -> str:
+    """The fetch_weights commands for the configured model and tag, or the project's defaults."""
+    model, tag = settings.SIMSEARCH_MODEL, settings.SIMSEARCH_PRETRAINED
+    if tag not in open_clip.list_pretrained_tags_by_model(model):
+        model, tag = DEFAULT_MODEL, DEFAULT_PRETRAINED
+    return air_gap_commands(server_dir=str(settings.BASE_DIR / "var" / "weights"), model_name=model, pretrained=tag)
 
 
 class Command(BaseCommand):
@@ -27,15 +36,16 @@ class Command(BaseCommand):
         configured = settings.SIMSEARCH_PRETRAINED
         if configured != UNTRAINED:
             try:
-                Embedder(model_name=settings.SIMSEARCH_MODEL, pretrained=configured)
+                current_embedder()
             except WeightsUnavailable as exc:
                 reason = f"Weights {configured!r} for {settings.SIMSEARCH_MODEL} could not be loaded."
-                self.stderr.write(BANNER.format(reason=reason[:80]))
+                self.stderr.write(BANNER.format(rule=RULE, reason=reason, commands=_hint()))
                 self.stderr.write(f"(cause: {str(exc)[:300]})\n")
                 self.stdout.write(UNTRAINED)
                 return
             self.stderr.write(f"Using {settings.SIMSEARCH_MODEL} weights {configured}.\n")
             self.stdout.write(configured)
             return
-        self.stderr.write(BANNER.format(reason="SIMSEARCH_PRETRAINED=untrained was set."))
+        reason = "SIMSEARCH_PRETRAINED=untrained was set."
+        self.stderr.write(BANNER.format(rule=RULE, reason=reason, commands=_hint()))
         self.stdout.write(UNTRAINED)
