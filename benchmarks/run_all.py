@@ -25,6 +25,7 @@ BENCHMARKS = {
     "upload_previews": {"full": ["--megapixels", "20"], "quick": ["--megapixels", "20", "--repeats", "1"]},
     "embed_memory": {"full": [], "quick": []},
     "anomaly_quality": {"full": [], "quick": ["--no-compare"]},
+    "retrieval_quality": {"full": [], "quick": ["--catalog", "4", "--queries", "2"]},
     "http_load": {
         "full": ["--clients", "8", "--seconds", "20"],
         "quick": ["--clients", "8", "--seconds", "8", "--images", "100"],

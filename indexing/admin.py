@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.functional import Promise
 from django.utils.html import format_html
@@ -13,8 +17,14 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild, ProductAnomalyModel
+from indexing.quality import DEFECT_LABEL, quality_deltas
 from indexing.selectors import serving_engine
-from indexing.services import builds_fail_stale, index_build_activate, index_build_request
+from indexing.services import (
+    build_quality_comparison,
+    builds_fail_stale,
+    index_build_activate,
+    index_build_request,
+)
 from simsearch_project.errors import ServiceError
 from simsearch_project.permissions import ACTIVATE_INDEX_BUILD, REBUILD_INDEX
 
@@ -102,6 +112,123 @@ def progress_bar(build: IndexBuild) -> str:
     )
 
 
+# --- the build page's quality panel --------------------------------------------------------
+
+CONFUSION_MAX_CLASSES = 40
+QUALITY_METRICS = [
+    ("top1_accuracy", _("Top-1 accuracy"), _("a random neighbour")),
+    ("top5_vote_accuracy", _("Top-5 majority vote accuracy"), _("a vote of 5 random neighbours")),
+    ("map_at_10", _("mAP@10"), _("a random ranking")),
+]
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _points(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _trend(value: float | None) -> str:
+    if not value:
+        return "same"
+    return "better" if value > 0 else "worse"
+
+
+def _label_name(label: str) -> str:
+    return gettext("Defect type") if label == DEFECT_LABEL else gettext("Product")
+
+
+def _confusion_rows(confusion: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The matrix as table rows, each cell with a colour step 0-10 by its share of its row."""
+    labels = confusion.get("labels", [])
+    matrix = confusion.get("matrix", [])
+    shown = sorted(range(len(labels)), key=lambda i: -sum(matrix[i]))[:CONFUSION_MAX_CLASSES]
+    shown.sort()
+    rows = []
+    for i in shown:
+        total = sum(matrix[i])
+        if not total:
+            continue
+        rows.append(
+            {
+                "label": labels[i],
+                "total": total,
+                "cells": [
+                    {
+                        "count": matrix[i][j],
+                        "heat": round(10 * matrix[i][j] / total),
+                        "diagonal": i == j,
+                        "title": f"{labels[i]} → {labels[j]}: {matrix[i][j]}",
+                    }
+                    for j in shown
+                ],
+            }
+        )
+    return [labels[j] for j in shown], rows
+
+
+def quality_panel(build: IndexBuild, active: IndexBuild | None) -> dict[str, Any] | None:
+    """What the build page shows of `build.quality`, beside the active build's figures."""
+    quality = build.quality
+    if not quality:
+        return None
+    theirs = active.quality if active and active.pk != build.pk else None
+    deltas = quality_deltas(quality, theirs)
+    blocks = []
+    for label in (quality.get("main_label"), *sorted(set(quality.get("labels", {})) - {quality.get("main_label")})):
+        block = quality["labels"].get(label)
+        if not block:
+            continue
+        their_block = (theirs or {}).get("labels", {}).get(label, {})
+        label_deltas = deltas.get(label, {})
+        metrics = [
+            {
+                "name": name,
+                "value": _percent(block[key]["value"]),
+                "chance": _percent(block[key]["chance"]),
+                "chance_kind": chance_kind,
+                "active": _percent(their_block.get(key, {}).get("value")) if their_block else "",
+                "delta": _points(label_deltas.get(key)),
+                "trend": _trend(label_deltas.get(key)),
+            }
+            for key, name, chance_kind in QUALITY_METRICS
+        ]
+        columns, rows = _confusion_rows(block.get("confusion", {}))
+        blocks.append(
+            {
+                "key": label,
+                "name": _label_name(label),
+                "queries": block["queries"],
+                "classes": block["classes"],
+                "majority_label": block["majority_class"]["label"],
+                "majority_rate": _percent(block["majority_class"]["rate"]),
+                "metrics": metrics,
+                "per_class": [
+                    {
+                        "label": row["label"],
+                        "queries": row["queries"],
+                        "recall": _percent(row["recall"]),
+                        "chance": _percent(row["chance"]),
+                        "delta": _points(label_deltas.get("per_class", {}).get(row["label"])),
+                        "trend": _trend(label_deltas.get("per_class", {}).get(row["label"])),
+                    }
+                    for row in block.get("per_class", [])
+                ],
+                "confusion_columns": columns,
+                "confusion_rows": rows,
+                "confusion_truncated": len(columns) < block["classes"],
+            }
+        )
+    return {
+        "quality": quality,
+        "active_build": active if theirs else None,
+        "is_active": bool(active and active.pk == build.pk),
+        "blocks": blocks,
+    }
+
+
 @admin.register(IndexBuild)
 class IndexBuildAdmin(admin.ModelAdmin):
     change_list_template = "admin/indexing/indexbuild/change_list.html"
@@ -120,7 +247,9 @@ class IndexBuildAdmin(admin.ModelAdmin):
     list_filter = ["status", "image_type", "engine", "is_active", "is_untrained"]
     list_select_related = ["requested_by"]
     actions = ["activate_builds"]
-    readonly_fields = [f.name for f in IndexBuild._meta.fields]
+    # The figures are shown by the quality panel (change_form.html), not as raw JSON.
+    readonly_fields = [f.name for f in IndexBuild._meta.fields if f.name != "quality"]
+    exclude = ["quality"]
     inlines = [ProductAnomalyModelInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -181,10 +310,20 @@ class IndexBuildAdmin(admin.ModelAdmin):
         return (obj.error[:120] + "…") if len(obj.error) > 120 else obj.error
 
     @admin.action(description=_("Activate selected ready build (promote or roll back)"), permissions=["activate"])
-    def activate_builds(self, request: HttpRequest, queryset: QuerySet[IndexBuild]) -> None:
-        for build in queryset.order_by("created_at"):
+    def activate_builds(self, request: HttpRequest, queryset: QuerySet[IndexBuild]) -> HttpResponse | None:
+        builds = list(queryset.order_by("created_at"))
+        confirmed = request.POST.get("confirm_worse") == "yes"
+        if not confirmed:
+            worse = [
+                comparison
+                for comparison in (build_quality_comparison(build=b) for b in builds if b.status == BuildStatus.READY)
+                if comparison.is_worse
+            ]
+            if worse:
+                return self._confirm_worse(request, builds, worse)
+        for build in builds:
             try:
-                index_build_activate(build=build)
+                index_build_activate(build=build, allow_worse=confirmed)
             except ServiceError as exc:
                 self.message_user(request, exc.message, messages.ERROR)
             else:
@@ -194,6 +333,39 @@ class IndexBuildAdmin(admin.ModelAdmin):
                     % {"id": build.pk, "image_type": build.image_type},
                     messages.SUCCESS,
                 )
+
+    def _confirm_worse(self, request: HttpRequest, builds: list[IndexBuild], worse: list) -> TemplateResponse:
+        """The page that asks before a build with a lower top-1 accuracy replaces the active one."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Activate a build that scores lower?"),
+            "opts": self.model._meta,
+            "builds": builds,
+            "comparisons": [
+                {
+                    "build_id": c.build_id,
+                    "active_build_id": c.active_build_id,
+                    "label": c.label_name,
+                    "build_top1": _percent(c.build_top1),
+                    "active_top1": _percent(c.active_top1),
+                    "delta": _points((c.build_top1 or 0) - (c.active_top1 or 0)),
+                }
+                for c in worse
+            ],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/indexing/indexbuild/activate_confirmation.html", context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        build = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if build is not None:
+            active = IndexBuild.objects.filter(image_type=build.image_type, engine=build.engine, is_active=True).first()
+            context["quality_panel"] = quality_panel(build, active)
+            context["quality_measured"] = build.quality is not None
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     def get_urls(self) -> list:
         return [

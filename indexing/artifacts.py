@@ -3,7 +3,7 @@
 faiss_index.bin   IndexIDMap2(IndexFlatIP), ids = image ids
 embeddings.pt     {"ids": int64 tensor, "vectors": float32 tensor}
 metadata.json     one search-result record per vector (UTF-8, Korean kept readable)
-manifest.json     build id, model, fingerprint, counts, timings, sha256 of every file above
+manifest.json     build id, model, fingerprint, counts, timings, calibration, sha256 of every file above
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from indexing import vector_index
+from indexing.calibration import MODE_WHOLE, Calibration
 
 INDEX_FILE = "faiss_index.bin"
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -82,10 +83,23 @@ class LoadedIndex:
     # picture, top_k distinct pictures still come back. Counted once, when the build is loaded.
     duplicate_vectors: int = field(init=False, default=0)
     _ids_by_hash: dict[str, list[int]] | None = field(default=None, repr=False)
+    # Per-type thresholds and match confidences learnt when the build was made, per score space
+    # (indexing/calibration.py MODE_*); none for builds made before calibration existed.
+    calibrations: dict[str, Calibration] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         hashes = [record["sha256"] for record in self.records.values() if record.get("sha256")]
         self.duplicate_vectors = len(hashes) - len(set(hashes))
+        entry = self.manifest.get("calibration")
+        for mode, data in entry.items() if isinstance(entry, dict) else ():
+            calibration = Calibration.from_dict(data)
+            if calibration is not None:
+                self.calibrations[mode] = calibration
+
+    def calibration_for(self, mode: str = MODE_WHOLE) -> Calibration | None:
+        """The calibration of a score space; None: the build has none (made before calibration,
+        or with fewer than two types or products to tell apart)."""
+        return self.calibrations.get(mode)
 
     @property
     def build_id(self) -> int:

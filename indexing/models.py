@@ -54,6 +54,13 @@ class IndexBuild(models.Model):
     artifact_prefix = models.CharField(_("artifact prefix"), max_length=300, blank=True)
     manifest_sha256 = models.CharField(_("manifest SHA-256"), max_length=64, blank=True)
     timings = models.JSONField(_("timings"), default=dict, blank=True)
+    # Written once with the build (also in its manifest); the shape is indexing.quality's report.
+    quality = models.JSONField(
+        _("retrieval quality"),
+        null=True,
+        blank=True,
+        help_text=_("Leave-one-out figures over the build's own vectors; empty for builds not measured."),
+    )
     error = models.TextField(_("error"), blank=True)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("requested by")

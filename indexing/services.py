@@ -27,7 +27,9 @@ from indexing import artifact_store
 from indexing.anomaly import AnomalyModel, auroc, fit_anomaly_model
 from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
+from indexing.calibration import calibrate_build
 from indexing.embedder import Embedder
+from indexing.focus import FOCUS_FILE, FOCUS_PATCHES, DefectRegion, FocusDescriptors, defect_region
 from indexing.legacy import scan_legacy_folder
 from indexing.models import (
     PENDING_STATUSES,
@@ -38,6 +40,7 @@ from indexing.models import (
     IndexEngine,
     ProductAnomalyModel,
 )
+from indexing.quality import DEFECT_LABEL, evaluate_build, labels_for, main_top1
 from indexing.runtime import current_embedder, current_patch_extractor
 from indexing.selectors import gallery_rows
 from simsearch_project.errors import Conflict, NotFound, ServiceError, safe_reason
@@ -67,7 +70,8 @@ class GallerySource:
 
 def _gallery_types(index_type: str) -> list[str]:
     if index_type == "all":
-        return [GalleryType.DEFECT, GalleryType.NORMAL]
+        # Normal first: the defect build describes its images against the fresh anomaly models.
+        return [GalleryType.NORMAL, GalleryType.DEFECT]
     if index_type in GalleryType.values:
         return [index_type]
     raise ServiceError(
@@ -371,7 +375,24 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         step = time.perf_counter()
         anomaly = _anomaly_models_fit(kept)
         timings["anomaly_s"] = round(time.perf_counter() - step, 3)
+    focus = FocusArtifacts(reason="whole-image search only: not a V2 defect build")
+    if build.engine == IndexEngine.V2 and build.image_type == GalleryType.DEFECT:
+        step = time.perf_counter()
+        focus = _focus_descriptors(kept)
+        timings["focus_s"] = round(time.perf_counter() - step, 3)
+    quality = _quality_measured(build=build, vectors=vectors, records=[s.record for s in kept], timings=timings)
+    calibration_started = time.perf_counter()  # per-type "no match" thresholds (indexing/calibration.py)
+    calibration = calibrate_build(
+        vectors,
+        [s.record for s in kept],
+        engine=build.engine,
+        image_type=build.image_type,
+        target_precision=settings.SIMSEARCH_MATCH_PRECISION,
+        region_descriptors=focus.files.get(FOCUS_FILE),
+    )
+    timings["calibration_s"] = round(time.perf_counter() - calibration_started, 3)
     manifest = {
+        "quality": quality,
         "build_id": build.pk,
         "engine": build.engine,
         "image_type": build.image_type,
@@ -385,10 +406,16 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         "counts": {**counts, "rejected_names": len(rejected)},
         "rejected_names": [{"name": n, "reason": r} for n, r in rejected[:1000]],
         "timings": timings,
-        "anomaly_models": anomaly.entries,
+        "anomaly_models": {**anomaly.entries, **focus.anomaly_entries},
+        "focus": focus.manifest or {"reason": focus.reason},
+        "calibration": calibration,
     }
     files = pack_artifacts(
-        ids=ids, vectors=vectors, metadata=[s.record for s in kept], manifest=manifest, extra_files=anomaly.files
+        ids=ids,
+        vectors=vectors,
+        metadata=[s.record for s in kept],
+        manifest=manifest,
+        extra_files={**anomaly.files, **focus.files},
     )
     artifact_store.storage_write(prefix, files)
     timings["write_s"] = round(time.perf_counter() - step, 3)
@@ -403,6 +430,7 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
             finished_at=timezone.now(),
             manifest_sha256=sha256_hex(files[MANIFEST_FILE]),
             timings=timings,
+            quality=quality,
             error="",
             **counts,
         ):
@@ -570,6 +598,94 @@ def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> 
     return round(auroc(labels, [*normal_scores.tolist(), *defect_scores]), 4)
 
 
+# --- defect-region descriptors (a defect build's focus search, indexing/focus.py) ----------------
+
+
+@dataclass
+class FocusArtifacts:
+    files: dict[str, bytes] = field(default_factory=dict)  # focus.npz + copies of the anomaly models used
+    anomaly_entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # product code -> manifest entry
+    manifest: dict[str, Any] | None = None  # the build manifest's "focus" entry; None: no focus search
+    reason: str = ""  # why there is none (for the log and the build's manifest)
+
+
+def _focus_descriptors(kept: list[GallerySource]) -> FocusArtifacts:
+    """For a V2 defect build: each defect image described by its most anomalous patches against
+    its product's anomaly model of the active normal build. The models used are copied into this
+    build, so queries are described against exactly the banks the catalog was described with,
+    whatever later normal builds do. Images of products without a model are searched whole only."""
+    normal = IndexBuild.objects.filter(
+        engine=IndexEngine.V2, image_type=GalleryType.NORMAL, is_active=True, status=BuildStatus.READY
+    ).first()
+    if normal is None:
+        return FocusArtifacts(reason="no active normal index: build it first, then the defect index")
+    extractor = current_patch_extractor()
+    by_product: dict[str, list[GallerySource]] = {}
+    for source in kept:
+        by_product.setdefault(source.record["product_code"], []).append(source)
+    result = FocusArtifacts()
+    ids: list[int] = []
+    regions: list[DefectRegion] = []
+    for row in ProductAnomalyModel.objects.filter(
+        build=normal, product__product_code__in=list(by_product)
+    ).select_related("product"):
+        code = row.product.product_code
+        try:
+            data = read_object(f"{normal.artifact_prefix}/{row.file_name}")
+            if sha256_hex(data) != row.sha256:
+                raise ValueError("the file does not match its build record")
+            model = AnomalyModel.from_bytes(data)
+            model.require_fingerprint(extractor.fingerprint)
+        except Exception as exc:  # gone, altered, other feature settings: whole-image search only
+            logger.warning("Focus search: no usable anomaly model for %s (%s)", code, safe_reason(exc))
+            continue
+        by_hash: dict[str, DefectRegion | None] = {}
+        for source in by_product[code]:
+            if source.sha256 in by_hash:  # the same picture catalogued twice: described once
+                continue
+            try:
+                by_hash[source.sha256] = defect_region(model, extractor.extract([source.read()])[0])
+            except Exception:  # gone or undecodable since the embedding pass: whole-image only
+                logger.warning("Focus search skipped image %s", source.image_id, exc_info=True)
+                by_hash[source.sha256] = None
+        described = [(s.image_id, by_hash.get(s.sha256)) for s in by_product[code]]
+        described = [(image_id, region) for image_id, region in described if region is not None]
+        if not described:
+            continue
+        ids += [image_id for image_id, _ in described]
+        regions += [region for _, region in described]
+        result.files[row.file_name] = data
+        result.anomaly_entries[code] = {
+            "file": row.file_name,
+            "sha256": row.sha256,
+            "normal_count": row.normal_count,
+            "threshold": row.threshold,
+            "map_scale": model.map_scale,
+            "image_auroc": row.image_auroc,
+            "defect_count": row.defect_count,
+            "feature_fingerprint": extractor.fingerprint,
+            "backbone": extractor.backbone,
+            "is_untrained": extractor.is_untrained,
+            "copied_from_build": normal.pk,
+        }
+    if not ids:
+        result.reason = "no product of these defect images has an anomaly model in the active normal build"
+        return result
+    descriptors = FocusDescriptors.from_regions(
+        ids, regions, patches=FOCUS_PATCHES, feature_fingerprint=extractor.fingerprint
+    )
+    result.files[FOCUS_FILE] = descriptors.to_bytes()
+    result.manifest = {
+        "file": FOCUS_FILE,
+        "patches": FOCUS_PATCHES,
+        "normal_build_id": normal.pk,
+        "count": len(ids),
+        "products": sorted(result.anomaly_entries),
+        "feature_fingerprint": extractor.fingerprint,
+    }
+    return result
+
+
 def _fail(build: IndexBuild, reason: str) -> None:
     build.refresh_from_db()
     IndexBuild.objects.filter(pk=build.pk, status__in=PENDING_STATUSES).update(
@@ -585,11 +701,85 @@ def _remove_artifacts(build: IndexBuild) -> None:
         logger.exception("Could not remove the files of failed build %s under %s", build.pk, build.artifact_prefix)
 
 
+# --- retrieval quality (indexing/quality.py) ----------------------------------------------
+
+
+def _quality_measured(
+    *, build: IndexBuild, vectors: np.ndarray, records: list[dict[str, Any]], timings: dict[str, float]
+) -> dict[str, Any] | None:
+    """The build's leave-one-out figures (V2 labels from the catalog, V1 from file names). They
+    describe the build and are not needed to serve it: a failure is logged and leaves them empty."""
+    step = time.perf_counter()
+    try:
+        measured = evaluate_build(image_type=build.image_type, vectors=vectors, records=records)
+    except Exception:
+        logger.exception("Measuring the retrieval quality of build %s failed", build.pk)
+        return None
+    timings["quality_s"] = round(time.perf_counter() - step, 3)
+    return measured
+
+
+@dataclass(frozen=True)
+class QualityComparison:
+    """A build's headline figure (top-1 accuracy on its main label: defect type for the defect
+    index, product for the normal index) beside that of the active build of its type and engine."""
+
+    build_id: int
+    label: str
+    build_top1: float | None
+    active_build_id: int | None
+    active_top1: float | None
+
+    @property
+    def is_worse(self) -> bool:
+        """Lower than the active build's. A build without figures (made before they were
+        measured) is not called worse: there is nothing to compare."""
+        return (
+            self.active_build_id not in (None, self.build_id)
+            and self.build_top1 is not None
+            and self.active_top1 is not None
+            and self.build_top1 < self.active_top1
+        )
+
+    @property
+    def label_name(self) -> str:
+        return gettext("defect type") if self.label == DEFECT_LABEL else gettext("product")
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "build_id": self.build_id,
+            "active_build_id": self.active_build_id,
+            "label": self.label,
+            "build_top1": self.build_top1,
+            "active_top1": self.active_top1,
+        }
+
+
+def build_quality_comparison(*, build: IndexBuild) -> QualityComparison:
+    """`build`'s top-1 accuracy on its main label against the active build's: the one rule that
+    the admin's activate action and the API's activate endpoint both ask before promoting."""
+    active = (
+        IndexBuild.objects.filter(image_type=build.image_type, engine=build.engine, is_active=True)
+        .only("pk", "quality")
+        .first()
+    )
+    return QualityComparison(
+        build_id=build.pk,
+        label=labels_for(build.image_type)[0],
+        build_top1=main_top1(build.quality),
+        active_build_id=active.pk if active else None,
+        active_top1=main_top1(active.quality) if active else None,
+    )
+
+
 # --- activate, clean up -------------------------------------------------------------------
 
 
-def index_build_activate(*, build: IndexBuild) -> IndexBuild:
-    """Make `build` the one active build of its image type and engine (promote or roll back)."""
+def index_build_activate(*, build: IndexBuild, allow_worse: bool = True) -> IndexBuild:
+    """Make `build` the one active build of its image type and engine (promote or roll back).
+    With `allow_worse=False` (a person asked, the admin or the API), a build whose top-1 accuracy
+    is below the active build's is refused with a Conflict (code worse_than_active) that states
+    both figures; the caller asks for confirmation and calls again with `allow_worse=True`."""
     if build.status != BuildStatus.READY:
         raise Conflict(
             gettext("Build %(id)s is %(status)s; only a ready build can be activated.")
@@ -603,6 +793,25 @@ def index_build_activate(*, build: IndexBuild) -> IndexBuild:
                 image_type=build.image_type, engine=build.engine, is_active=True
             )
         )
+        if not allow_worse:
+            comparison = build_quality_comparison(build=build)
+            if comparison.is_worse:
+                raise Conflict(
+                    gettext(
+                        "Build %(id)s is worse than the active build %(active)s: top-1 %(label)s accuracy "
+                        "%(build_top1).1f%% against %(active_top1).1f%%. Confirm to activate it anyway "
+                        '(API: {"confirm": true}).'
+                    )
+                    % {
+                        "id": build.pk,
+                        "active": comparison.active_build_id,
+                        "label": comparison.label_name,
+                        "build_top1": 100 * (comparison.build_top1 or 0),
+                        "active_top1": 100 * (comparison.active_top1 or 0),
+                    },
+                    code="worse_than_active",
+                    details=comparison.details(),
+                )
         IndexBuild.objects.filter(image_type=build.image_type, engine=build.engine, is_active=True).exclude(
             pk=build.pk
         ).update(is_active=False)

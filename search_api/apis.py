@@ -26,12 +26,16 @@ from indexing.artifacts import LoadedIndex
 from indexing.models import IndexBuild
 from indexing.selectors import build_list, serving_engine
 from indexing.services import builds_fail_stale, index_build_activate, index_build_request
+from search_api.focus import FocusInfo
 from search_api.index_cache import index_cache
 from search_api.models import SearchSource
 from search_api.serializers import (
     AnomalyDetectJsonRequestSerializer,
     AnomalyDetectRequestSerializer,
     AnomalyDetectResponseSerializer,
+    IndexBuildActivateConflictSerializer,
+    IndexBuildActivateSerializer,
+    IndexBuildDetailSerializer,
     IndexBuildPublicSerializer,
     IndexBuildSerializer,
     IndexStatusResponseSerializer,
@@ -147,6 +151,7 @@ class SimilaritySearchApi(generics.GenericAPIView):
             exclude_image_id=data.get("exclude_image_id"),
             request_host=request.get_host(),
             source=SearchSource.API,
+            focus=data.get("focus") or None,
         )
         result = search_run(query=query, user=request.user)
         body: dict[str, Any] = {
@@ -155,6 +160,8 @@ class SimilaritySearchApi(generics.GenericAPIView):
             "query_image": result.query_label,
             "index": _index_info(result.index),
             "results": [self._result(request, hit) for hit in result.hits],
+            "no_confident_match": result.no_confident_match,
+            "focus": _focus_info(result.focus),
         }
         if body["index"]["is_untrained"]:
             body["warning"] = str(UNTRAINED_WARNING)  # in the language of this request
@@ -167,6 +174,8 @@ class SimilaritySearchApi(generics.GenericAPIView):
                 "similarity_score": hit.score,
                 "product": hit.product,
                 "defect": hit.defect,
+                "match_confidence": hit.match_confidence,
+                "confident_match": hit.confident_match,
             }
         return {
             "image_id": hit.image_id,
@@ -180,7 +189,26 @@ class SimilaritySearchApi(generics.GenericAPIView):
             "defect_name": hit.defect_name,
             "defect_name_en": hit.defect_name_en,
             "image_type": hit.image_type,
+            "match_confidence": hit.match_confidence,
+            "confident_match": hit.confident_match,
         }
+
+
+def _focus_info(focus: FocusInfo | None) -> dict[str, Any] | None:
+    if focus is None:
+        return None
+    region = (
+        dict(zip(("left", "top", "right", "bottom"), (round(v, 4) for v in focus.region), strict=True))
+        if focus.region
+        else None
+    )
+    return {
+        "mode": focus.mode,
+        "reason": focus.reason,
+        "product_code": focus.product_code,
+        "product_from": focus.product_from,
+        "region": region,
+    }
 
 
 class AnomalyDetectApi(generics.GenericAPIView):
@@ -299,22 +327,43 @@ class IndexBuildListApi(generics.ListAPIView):
 
 
 class IndexBuildDetailApi(generics.RetrieveAPIView):
+    """One build, with the retrieval quality it measured on its own vectors (`quality`)."""
+
     permission_classes = [CanViewIndexBuilds]
-    serializer_class = IndexBuildSerializer
+    serializer_class = IndexBuildDetailSerializer
     queryset = build_list()
 
 
 class IndexBuildActivateApi(APIView):
-    """Promote or roll back to a ready build; every serving process switches within seconds."""
+    """Promote or roll back to a ready build; every serving process switches within seconds. A build
+    whose top-1 accuracy is below the active build's is refused (409, worse_than_active) unless the
+    body says {"confirm": true}."""
 
     permission_classes = [CanActivateIndexBuild]
 
-    @extend_schema(request=None, responses={200: IndexBuildSerializer})
+    @extend_schema(
+        request=IndexBuildActivateSerializer,
+        responses={
+            200: IndexBuildSerializer,
+            409: OpenApiResponse(
+                response=IndexBuildActivateConflictSerializer,
+                description=_(
+                    "The build is not ready, or it is worse than the active build (both figures in the body): "
+                    'send {"confirm": true} to activate it anyway.'
+                ),
+            ),
+        },
+    )
     def post(self, request: Request, pk: int) -> Response:
+        if not isinstance(request.data, Mapping):
+            raise _bad_request("confirm", gettext('Send a JSON object, e.g. {"confirm": true}, or no body.'))
+        params = IndexBuildActivateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
         build = IndexBuild.objects.filter(pk=pk).first()
         if build is None:
             raise NotFound(gettext("No index build %(id)s.") % {"id": pk})
-        return Response(IndexBuildSerializer(index_build_activate(build=build)).data)
+        activated = index_build_activate(build=build, allow_worse=params.validated_data["confirm"])
+        return Response(IndexBuildSerializer(activated).data)
 
 
 class IndexStatusApi(APIView):

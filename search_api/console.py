@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 
 from catalog.selectors import images_by_id
+from indexing.calibration import MODE_WHOLE
 from indexing.models import IndexEngine
 from indexing.selectors import active_builds
 from search_api.forms import ConsoleMode, SearchConsoleForm
@@ -67,7 +68,10 @@ def search_console(request: HttpRequest) -> HttpResponse:
         "media": form.media,
         "comparison": comparison,
         "anomaly": _anomaly_panel(anomaly) if anomaly else None,
-        "answers": [{"result": answer, "cards": _cards(answer, shared)} for answer in answers],
+        "answers": [
+            {"result": answer, "cards": _cards(answer, shared), "match_target_percent": _match_target_percent(answer)}
+            for answer in answers
+        ],
         "untrained_warning": UNTRAINED_WARNING
         if any(answer.index.manifest.get("is_untrained") for answer in answers)
         else "",
@@ -84,6 +88,8 @@ def _cards(result: SearchResult, shared: frozenset[str]) -> list[dict[str, Any]]
             "score": hit.score,
             "percent": max(0.0, min(100.0, hit.score * 100)),
             "shared": hit.sha256 in shared,
+            "confidence": hit.match_confidence,
+            "confident": hit.confident_match,
         }
         if isinstance(hit, V2Hit):
             image = rows.get(hit.image_id)
@@ -100,6 +106,12 @@ def _cards(result: SearchResult, shared: frozenset[str]) -> list[dict[str, Any]]
             card |= {"image_id": "", "product": hit.product, "defect": hit.defect or "", "path": hit.image_path}
         cards.append(card)
     return cards
+
+
+def _match_target_percent(result: SearchResult) -> float | None:
+    """The share of right answers the thresholds of the calibration that judged `result` aim at."""
+    calibration = result.index.calibration_for(result.focus.mode if result.focus else MODE_WHOLE)
+    return calibration.target_precision * 100 if calibration and result.no_confident_match is not None else None
 
 
 def _anomaly_panel(outcome: AnomalyOutcome) -> dict[str, Any]:

@@ -51,6 +51,19 @@ class SearchConsoleForm(forms.Form):
         label=_("Leave the query image itself out"),
         help_text=_("For a catalog image."),
     )
+    focus = forms.ChoiceField(
+        label=_("Search defects by"),
+        required=False,
+        choices=[
+            ("", _("the defect region where possible")),
+            ("defect", _("the defect region")),
+            ("whole", _("the whole photo")),
+        ],
+        help_text=_(
+            "Defect images of a product with an anomaly model are described by the photo's most anomalous region "
+            "against the product's normal images; otherwise the whole photo is compared."
+        ),
+    )
     compare = forms.BooleanField(
         required=False,
         label=_("Compare engines"),
@@ -107,6 +120,7 @@ class SearchConsoleForm(forms.Form):
             exclude_image_id=image_id if image_id and data.get("exclude_self") else None,
             request_host=request_host,
             source=SearchSource.CONSOLE,
+            focus=data.get("focus") or None,
         )
 
     def anomaly_input(self, *, request_host: str) -> AnomalyInput:

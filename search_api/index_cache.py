@@ -16,6 +16,7 @@ from catalog.storage import read_object
 from indexing import artifact_store
 from indexing.anomaly import AnomalyModel
 from indexing.artifacts import ArtifactError, LoadedIndex, sha256_hex, unpack_artifacts
+from indexing.focus import FocusDescriptors
 from indexing.models import GalleryType, IndexEngine
 from indexing.selectors import ActiveBuild, active_builds, build_artifact_prefix, builds_existing
 from simsearch_project.errors import safe_reason
@@ -39,6 +40,7 @@ class IndexCache:
         self._refresh_lock = threading.Lock()
         self._started = False
         self._anomaly_models: dict[tuple[int, str], AnomalyModel] = {}
+        self._focus: dict[int, FocusDescriptors] = {}
 
     # -- read path --------------------------------------------------------------------------
 
@@ -156,18 +158,25 @@ class IndexCache:
         key = (loaded.build_id, product_code)
         model = self._anomaly_models.get(key)
         if model is None:
-            name = loaded.manifest["anomaly_models"][product_code]["file"]
-            expected = loaded.manifest["files"][name]["sha256"]
-            prefix = build_artifact_prefix(loaded.build_id)
-            if prefix is None:
-                raise ArtifactError(f"build {loaded.build_id} was removed")
-            data = read_object(f"{prefix}/{name}")
-            if sha256_hex(data) != expected:
-                raise ArtifactError(f"{name} of build {loaded.build_id} does not match its manifest")
-            model = AnomalyModel.from_bytes(data)
-            serving = {index.build_id for index in self._state.loaded.values()}
-            self._anomaly_models = {k: v for k, v in self._anomaly_models.items() if k[0] in serving} | {key: model}
+            model = AnomalyModel.from_bytes(
+                _extra_file(loaded, loaded.manifest["anomaly_models"][product_code]["file"])
+            )
+            self._anomaly_models = self._serving_only(self._anomaly_models) | {key: model}
         return model
+
+    def focus_descriptors(self, loaded: LoadedIndex) -> FocusDescriptors:
+        """The defect-region descriptors of this defect build (indexing/focus.py), checked like the
+        anomaly models. KeyError when the build has none."""
+        descriptors = self._focus.get(loaded.build_id)
+        if descriptors is None:
+            descriptors = FocusDescriptors.from_bytes(_extra_file(loaded, loaded.manifest["focus"]["file"]))
+            self._focus = self._serving_only(self._focus) | {loaded.build_id: descriptors}
+        return descriptors
+
+    def _serving_only(self, by_build: dict) -> dict:
+        """The entries (keyed by build id, or by a tuple starting with it) of builds still served."""
+        serving = {index.build_id for index in self._state.loaded.values()}
+        return {k: v for k, v in by_build.items() if (k[0] if isinstance(k, tuple) else k) in serving}
 
     def reset(self) -> None:
         """Forget everything (tests; a process that must reload from scratch)."""
@@ -176,6 +185,20 @@ class IndexCache:
             self._checked_at = float("-inf")
             self._started = False
             self._anomaly_models = {}
+            self._focus = {}
+
+
+def _extra_file(loaded: LoadedIndex, name: str) -> bytes:
+    """A file of the build loaded on demand, checked against the sha256 in its manifest (which
+    the database pins)."""
+    expected = loaded.manifest["files"][name]["sha256"]
+    prefix = build_artifact_prefix(loaded.build_id)
+    if prefix is None:
+        raise ArtifactError(f"build {loaded.build_id} was removed")
+    data = read_object(f"{prefix}/{name}")
+    if sha256_hex(data) != expected:
+        raise ArtifactError(f"{name} of build {loaded.build_id} does not match its manifest")
+    return data
 
 
 index_cache = IndexCache()

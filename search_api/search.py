@@ -9,6 +9,7 @@ import numpy as np
 from django.utils.translation import gettext as _
 
 from indexing.artifacts import LoadedIndex
+from indexing.calibration import MODE_WHOLE, MatchAssessment
 from indexing.embedder import Embedder, WeightsUnavailable
 from indexing.runtime import current_embedder
 from indexing.vector_index import search
@@ -110,6 +111,14 @@ def similarity_search(query: SearchQuery, *, vector: np.ndarray | None = None) -
         )
     if vector is None:
         vector = query_vector(image=query.image, text=query.text)
+    allowed = allowed_ids(loaded, query)
+    hits = search(loaded.index, vector[0], query.top_k + loaded.duplicate_vectors, allowed_ids=allowed)
+    return SearchOutcome(index=loaded, hits=distinct_pictures(loaded, hits, query.top_k))
+
+
+def allowed_ids(loaded: LoadedIndex, query: SearchQuery) -> np.ndarray | None:
+    """The ids the query may find (its product and defect filters, less the excluded pictures);
+    None: all of them."""
     allowed = loaded.ids_matching(product_code=query.product_code, defect_code=query.defect_code)
     excluded = [query.exclude_image_id] if query.exclude_image_id is not None else []
     if query.exclude_sha256:
@@ -117,8 +126,7 @@ def similarity_search(query: SearchQuery, *, vector: np.ndarray | None = None) -
     if excluded:
         base = allowed if allowed is not None else np.fromiter(loaded.records, dtype=np.int64)
         allowed = base[~np.isin(base, excluded)]
-    hits = search(loaded.index, vector[0], query.top_k + loaded.duplicate_vectors, allowed_ids=allowed)
-    return SearchOutcome(index=loaded, hits=distinct_pictures(loaded, hits, query.top_k))
+    return allowed
 
 
 def distinct_pictures(loaded: LoadedIndex, hits: list[tuple[int, float]], top_k: int) -> list[tuple[int, float]]:
@@ -137,3 +145,32 @@ def distinct_pictures(loaded: LoadedIndex, hits: list[tuple[int, float]], top_k:
         if len(kept) == top_k:
             break
     return kept
+
+
+@dataclass(frozen=True)
+class MatchCheck:
+    """How far to trust an answer (indexing/calibration.py): one assessment per hit, and whether
+    none clears its type's threshold. All None when the answer cannot be calibrated."""
+
+    assessments: list[MatchAssessment | None]
+    no_confident_match: bool | None
+
+
+def match_check(
+    loaded: LoadedIndex, hits: list[tuple[int, float]], *, mode: str = MODE_WHOLE, text_query: bool = False
+) -> MatchCheck:
+    """Each hit judged as if it were the top match, against the calibration of the score space
+    that answered (`mode`). A text query compares a text with pictures, a scale the build's
+    picture-to-picture calibration says nothing about: it is not judged, nor is an answer from a
+    build without calibration."""
+    calibration = None if text_query else loaded.calibration_for(mode)
+    if calibration is None:
+        return MatchCheck(assessments=[None] * len(hits), no_confident_match=None)
+    assessments: list[MatchAssessment | None] = [
+        # The score as the answer shows it (6 decimals), so a client can check it against the threshold.
+        calibration.assess(loaded.records[image_id].get(calibration.label_field), round(score, 6))
+        for image_id, score in hits
+    ]
+    return MatchCheck(
+        assessments=assessments, no_confident_match=not any(a is not None and a.confident for a in assessments)
+    )

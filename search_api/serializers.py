@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import QueryDict
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from indexing.models import GalleryType, IndexBuild
+from search_api.focus import FOCUS_CHOICES
 from simsearch_project.fields import StrictCharField, StrictIntegerField
 
 
@@ -35,6 +38,15 @@ class SimilaritySearchRequestSerializer(serializers.Serializer):
     product_code = StrictCharField(required=False, allow_blank=True, max_length=64)
     defect_code = StrictCharField(required=False, allow_blank=True, max_length=64)
     exclude_image_id = StrictIntegerField(required=False, min_value=1)
+    focus = serializers.ChoiceField(
+        choices=FOCUS_CHOICES,
+        required=False,
+        allow_blank=True,
+        help_text=_(
+            "Defect index: 'defect' searches by the photo's most anomalous region against its product's normal "
+            "images, 'whole' by the whole photo. Default: the defect region where the product has an anomaly model."
+        ),
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         given = [name for name in ("image", "image_id", "storage_url", "text") if attrs.get(name) not in (None, "")]
@@ -127,6 +139,41 @@ class V2ResultSerializer(serializers.Serializer):
     defect_name = serializers.CharField(allow_null=True)
     defect_name_en = serializers.CharField(allow_null=True)
     image_type = serializers.CharField()
+    match_confidence = serializers.FloatField(
+        allow_null=True,
+        min_value=0,
+        max_value=1,
+        help_text=_(
+            "How far to trust this hit's defect type (product, for the normal index), 0 to 1: the share of "
+            "right answers among the build's own leave-one-out matches of that type at least this strong. "
+            "null for text queries and for builds made before calibration."
+        ),
+    )
+    confident_match = serializers.BooleanField(
+        allow_null=True,
+        help_text=_("True when the score clears its type's calibrated threshold (match_confidence reaches it)."),
+    )
+
+
+class FocusRegionSerializer(serializers.Serializer):
+    left = serializers.FloatField()
+    top = serializers.FloatField()
+    right = serializers.FloatField()
+    bottom = serializers.FloatField()
+
+
+class FocusSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=FOCUS_CHOICES, help_text=_("Which search answered."))
+    reason = serializers.CharField(help_text=_("Why the whole photo was searched; empty otherwise."))
+    product_code = serializers.CharField(allow_null=True)
+    product_from = serializers.ChoiceField(
+        choices=["request", "image", "best_match"],
+        allow_null=True,
+        help_text=_("Where the product whose normal images describe the photo came from."),
+    )
+    region = FocusRegionSerializer(
+        allow_null=True, help_text=_("The defect region found in the photo, as fractions of its width and height.")
+    )
 
 
 class SimilaritySearchResponseSerializer(serializers.Serializer):
@@ -138,6 +185,16 @@ class SimilaritySearchResponseSerializer(serializers.Serializer):
         many=True, help_text=_("V1 answers carry image_path, similarity_score, product, defect.")
     )
     warning = serializers.CharField(required=False)
+    no_confident_match = serializers.BooleanField(
+        allow_null=True,
+        help_text=_(
+            "True when no result clears its type's calibrated threshold: the photo may show something the "
+            "catalog does not have; have a person look at it. null when the answer is not calibrated."
+        ),
+    )
+    focus = FocusSerializer(
+        allow_null=True, help_text=_("V2 defect index only: the defect-region search (null for other indexes).")
+    )
 
 
 class NearestNormalSerializer(serializers.Serializer):
@@ -204,6 +261,121 @@ class IndexBuildSerializer(serializers.ModelSerializer):
             "activated_at",
             "duration_seconds",
         ]
+
+
+class QualityFigureSerializer(serializers.Serializer):
+    value = serializers.FloatField(allow_null=True, help_text=_("The figure, 0 to 1; null when nothing was measured."))
+    chance = serializers.FloatField(
+        allow_null=True, help_text=_("What a search that ignores the picture scores on the same gallery.")
+    )
+
+
+class MapFigureSerializer(QualityFigureSerializer):
+    queries = serializers.IntegerField(help_text=_("Queries with at least one relevant image (the others have no AP)."))
+
+
+class MajorityClassSerializer(serializers.Serializer):
+    label = serializers.CharField(allow_null=True)
+    rate = serializers.FloatField(
+        allow_null=True, help_text=_("Share of the most frequent label: what always answering it would score.")
+    )
+
+
+class ClassRecallSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    queries = serializers.IntegerField()
+    recall = serializers.FloatField(allow_null=True)
+    chance = serializers.FloatField(allow_null=True)
+
+
+class ConfusionSerializer(serializers.Serializer):
+    labels = serializers.ListField(child=serializers.CharField())
+    matrix = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        help_text=_("Rows: true label; columns: the label of the nearest neighbour (same order as labels)."),
+    )
+
+
+class LabelQualitySerializer(serializers.Serializer):
+    queries = serializers.IntegerField()
+    classes = serializers.IntegerField()
+    majority_class = MajorityClassSerializer()
+    top1_accuracy = QualityFigureSerializer(help_text=_("Chance: the expected accuracy of a random neighbour."))
+    top5_vote_accuracy = QualityFigureSerializer(
+        help_text=_("Majority label of the 5 nearest. Chance: a vote of 5 random neighbours.")
+    )
+    map_at_10 = MapFigureSerializer(
+        help_text=_("Relevant = same label. Chance: the expected mAP@10 of a random ranking.")
+    )
+    per_class = ClassRecallSerializer(many=True)
+    confusion = ConfusionSerializer()
+
+
+class QualityLabelsSerializer(serializers.Serializer):
+    defect_type = LabelQualitySerializer(required=False, help_text=_("Defect index only."))
+    product = LabelQualitySerializer()
+
+
+class BuildQualitySerializer(serializers.Serializer):
+    """indexing.quality's report: see README, Retrieval quality."""
+
+    version = serializers.IntegerField()
+    mode = serializers.CharField(help_text=_("leave_one_out (a build's own vectors) or held_out (labelled photos)."))
+    image_type = serializers.ChoiceField(choices=GalleryType.choices)
+    main_label = serializers.ChoiceField(
+        choices=["defect_type", "product"], help_text=_("The label whose top-1 accuracy ranks builds.")
+    )
+    vector_count = serializers.IntegerField()
+    query_count = serializers.IntegerField()
+    sampled = serializers.BooleanField(help_text=_("True when a seeded sample of the vectors was the queries."))
+    sample_seed = serializers.IntegerField(allow_null=True)
+    duplicate_vectors = serializers.IntegerField(
+        help_text=_("Vectors whose picture (content hash) an earlier vector has; left out of each other's searches.")
+    )
+    k = serializers.IntegerField()
+    vote_k = serializers.IntegerField()
+    labels = QualityLabelsSerializer()
+    seconds = serializers.FloatField()
+
+
+@extend_schema_field(BuildQualitySerializer(allow_null=True))
+class BuildQualityField(serializers.JSONField):
+    """The stored figures as they were written (the schema above describes them)."""
+
+
+class IndexBuildDetailSerializer(IndexBuildSerializer):
+    quality = BuildQualityField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("Leave-one-out retrieval quality measured when the build was made; null for builds made before."),
+    )
+
+    class Meta(IndexBuildSerializer.Meta):
+        fields = [*IndexBuildSerializer.Meta.fields, "quality"]
+
+
+class IndexBuildActivateSerializer(serializers.Serializer):
+    confirm = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text=_("Activate even when the build's top-1 accuracy is below the active build's."),
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = data.get("confirm") if hasattr(data, "get") else None
+        if value is not None and not isinstance(value, bool) and not isinstance(data, QueryDict):
+            raise serializers.ValidationError({"confirm": [gettext("Must be true or false.")]})
+        return super().to_internal_value(data)
+
+
+class IndexBuildActivateConflictSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField(help_text=_("worse_than_active, or not_ready for a build that is not ready."))
+    build_id = serializers.IntegerField(required=False)
+    active_build_id = serializers.IntegerField(required=False)
+    label = serializers.CharField(required=False, help_text=_("defect_type or product: the figure compared."))
+    build_top1 = serializers.FloatField(required=False)
+    active_top1 = serializers.FloatField(required=False)
 
 
 class IndexBuildPublicSerializer(serializers.ModelSerializer):

@@ -4,6 +4,7 @@ input into a `SearchInput` and the `SearchResult` (or `EngineComparison`) into t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -30,13 +31,32 @@ from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
 from indexing.anomaly import PatchFeatureExtractor, anomaly_map_png16, heatmap_png, overlay_png, photo_size
 from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import LoadedIndex
+from indexing.calibration import MODE_WHOLE, MatchAssessment
 from indexing.embedder import WeightsUnavailable
 from indexing.models import GalleryType, IndexEngine
 from indexing.runtime import current_patch_extractor
 from indexing.selectors import serving_engine
+from search_api.focus import (
+    FOCUS_WHOLE,
+    PRODUCT_FROM_IMAGE,
+    PRODUCT_FROM_REQUEST,
+    FocusAnswer,
+    FocusInfo,
+    focused_search,
+)
 from search_api.index_cache import index_cache
 from search_api.models import QueryKind, SearchLog, SearchSource
-from search_api.search import SearchQuery, query_vector, serving_index, similarity_search, undecodable_query
+from search_api.search import (
+    SearchOutcome,
+    SearchQuery,
+    allowed_ids,
+    distinct_pictures,
+    match_check,
+    query_vector,
+    serving_index,
+    similarity_search,
+    undecodable_query,
+)
 from simsearch_project.errors import (
     Conflict,
     NotFound,
@@ -73,6 +93,9 @@ class SearchInput:
     # The host the client called, so that a link to this server's own /media/ is understood.
     request_host: str | None = None
     source: str = SearchSource.API
+    # Defect index (V2): "defect" or "whole"; None = by the defect region where the build and the
+    # product allow it (search_api/focus.py).
+    focus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,10 @@ class V2Hit:
     defect_name_en: str | None
     image_type: str
     sha256: str
+    # Calibrated trust in the hit's defect type (product, normal index): indexing/calibration.py.
+    # None where the answer is not calibrated (a build made before calibration, a text query).
+    match_confidence: float | None = None
+    confident_match: bool | None = None  # its score clears its type's threshold
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,8 @@ class V1Hit:
     product: str
     defect: str | None
     sha256: str | None  # None in V1 builds made before records carried the content hash
+    match_confidence: float | None = None  # as V2Hit, from the legacy file-name labels
+    confident_match: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +134,9 @@ class SearchResult:
     index: LoadedIndex
     hits: list[V2Hit] | list[V1Hit]
     elapsed_ms: float
+    focus: FocusInfo | None = None  # V2 defect index: which search answered (None otherwise)
+    # True when no hit clears its type's threshold: treat the photo as unknown. None: not calibrated.
+    no_confident_match: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +200,8 @@ def search_compare(*, query: SearchInput, user: Any) -> EngineComparison:
     for engine in (IndexEngine.V2, IndexEngine.V1):
         serving_index(engine=engine, image_type=query.image_type)  # both exist, or a 503 that says which
     resolved = _resolve(query, user)
+    # Like for like: the legacy engine searches whole photos, so the catalog engine does too.
+    query = dataclasses.replace(query, focus=FOCUS_WHOLE)
     # One model embeds for both engines (each index is checked against its fingerprint): the query
     # is embedded once, and each answer's time includes that embedding.
     started = time.perf_counter()
@@ -238,32 +272,63 @@ def _search(
 ) -> SearchResult:
     product_code, defect_code = query.product_code or None, query.defect_code or None
     _check_codes(engine, query.image_type, product_code, defect_code)
-    outcome = similarity_search(
-        SearchQuery(
-            image=resolved.image,
-            text=query.text,
-            top_k=query.top_k,
-            image_type=query.image_type,
-            engine=engine,
-            product_code=product_code,
-            defect_code=defect_code,
-            exclude_image_id=query.exclude_image_id if engine == IndexEngine.V2 else None,
-            exclude_sha256=exclude_sha256,
-        ),
-        vector=vector,
+    search_query = SearchQuery(
+        image=resolved.image,
+        text=query.text,
+        top_k=query.top_k,
+        image_type=query.image_type,
+        engine=engine,
+        product_code=product_code,
+        defect_code=defect_code,
+        exclude_image_id=query.exclude_image_id if engine == IndexEngine.V2 else None,
+        exclude_sha256=exclude_sha256,
     )
+    outcome = similarity_search(search_query, vector=vector)
     records = outcome.index.records
+    found, focus = outcome.hits, None
+    if engine == IndexEngine.V2 and query.image_type == GalleryType.DEFECT:
+        answer = _focused(query, resolved, search_query, outcome)
+        focus = answer.info
+        if answer.hits is not None:
+            found = distinct_pictures(outcome.index, answer.hits, query.top_k)
+    check = match_check(
+        outcome.index, found, mode=focus.mode if focus else MODE_WHOLE, text_query=resolved.image is None
+    )
     hits: list[V2Hit] | list[V1Hit]
     if engine == IndexEngine.V1:
-        hits = [_v1_hit(records[i], score) for i, score in outcome.hits]
+        hits = [_v1_hit(records[i], score, a) for (i, score), a in zip(found, check.assessments, strict=True)]
     else:
-        hits = [_v2_hit(records[i], score) for i, score in outcome.hits]
+        hits = [_v2_hit(records[i], score, a) for (i, score), a in zip(found, check.assessments, strict=True)]
     return SearchResult(
         engine=engine,
         query_label=resolved.label,
         index=outcome.index,
         hits=hits,
         elapsed_ms=(time.perf_counter() - started) * 1000,
+        focus=focus,
+        no_confident_match=check.no_confident_match,
+    )
+
+
+def _focused(
+    query: SearchInput, resolved: _ResolvedQuery, search_query: SearchQuery, outcome: SearchOutcome
+) -> FocusAnswer:
+    """The defect-region search of a V2 defect-index query (search_api/focus.py). The product
+    whose normal images describe the photo: the request's, the queried catalog image's, or the
+    best whole-image match's."""
+    product_code, product_from = search_query.product_code, PRODUCT_FROM_REQUEST
+    if product_code is None and resolved.catalog_image is not None:
+        product_code, product_from = resolved.catalog_image.product.product_code, PRODUCT_FROM_IMAGE
+    return focused_search(
+        loaded=outcome.index,
+        image=resolved.image,
+        requested=query.focus,
+        product_code=product_code,
+        product_from=product_from if product_code else None,
+        whole_hits=outcome.hits,
+        k=query.top_k + outcome.index.duplicate_vectors,
+        allowed_ids=allowed_ids(outcome.index, search_query),
+        extractor=_patch_extractor,
     )
 
 
@@ -319,7 +384,7 @@ def _check_codes(engine: str, image_type: str, product_code: str | None, defect_
             raise _invalid("defect_code", _("Unknown defect “%(code)s” in the legacy gallery.") % {"code": defect_code})
 
 
-def _v2_hit(record: dict[str, Any], score: float) -> V2Hit:
+def _v2_hit(record: dict[str, Any], score: float, assessment: MatchAssessment | None = None) -> V2Hit:
     return V2Hit(
         image_id=record["image_id"],
         score=round(score, 6),
@@ -331,16 +396,20 @@ def _v2_hit(record: dict[str, Any], score: float) -> V2Hit:
         defect_name_en=record.get("defect_name_en"),
         image_type=record["image_type"],
         sha256=record["sha256"],
+        match_confidence=assessment.confidence if assessment else None,
+        confident_match=assessment.confident if assessment else None,
     )
 
 
-def _v1_hit(record: dict[str, Any], score: float) -> V1Hit:
+def _v1_hit(record: dict[str, Any], score: float, assessment: MatchAssessment | None = None) -> V1Hit:
     return V1Hit(
         image_path=record["image_path"],
         score=round(score, 6),
         product=record["product"],
         defect=record["defect"],
         sha256=record.get("sha256"),
+        match_confidence=assessment.confidence if assessment else None,
+        confident_match=assessment.confident if assessment else None,
     )
 
 
@@ -359,6 +428,9 @@ class AnomalyInput:
     storage_url: str | None = None
     request_host: str | None = None
     source: str = SearchSource.API
+    # Defect index (V2): "defect" or "whole"; None = by the defect region where the build and the
+    # product allow it (search_api/focus.py).
+    focus: str | None = None
 
 
 @dataclass(frozen=True)

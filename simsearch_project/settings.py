@@ -238,6 +238,14 @@ SIMSEARCH_INDEX_POLL_SECONDS = float(env_str("SIMSEARCH_INDEX_POLL_SECONDS", "2"
 SIMSEARCH_REBUILD_ON_STARTUP = env_bool("SIMSEARCH_REBUILD_ON_STARTUP", False)
 USE_INDEX_V2 = env_bool("USE_INDEX_V2", True)
 INDEX_DIR_V1 = env_str("INDEX_DIR_V1")
+# Calibrated "no match": the share of right answers a type's threshold must reach in the build's
+# own leave-one-out matches (indexing/calibration.py). Read when a build is made.
+try:
+    SIMSEARCH_MATCH_PRECISION = float(env_str("SIMSEARCH_MATCH_PRECISION") or "0.9")
+except ValueError:
+    raise ImproperlyConfigured("SIMSEARCH_MATCH_PRECISION must be a number such as 0.9.") from None
+if not 0.5 <= SIMSEARCH_MATCH_PRECISION <= 1:
+    raise ImproperlyConfigured(f"SIMSEARCH_MATCH_PRECISION must be between 0.5 and 1, not {SIMSEARCH_MATCH_PRECISION}.")
 
 # --- Search API ---------------------------------------------------------------------------
 SIMSEARCH_SEARCH_THROTTLE = env_str("SIMSEARCH_SEARCH_THROTTLE", "600/minute")
@@ -366,6 +374,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "CatalogImageTypeEnum": "catalog.models.ImageType",
         "GalleryTypeEnum": "indexing.models.GalleryType",
+        "FocusEnum": "search_api.focus.FOCUS_CHOICES",
         "QueryTempTypeEnum": ["query_temp"],
         "UploadImageTypeEnum": "catalog.serializers.UPLOAD_IMAGE_TYPES",
     },

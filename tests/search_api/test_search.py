@@ -140,7 +140,8 @@ def test_v1_mode_answers_from_the_legacy_folder(settings, tmp_path: Path, plain_
     body = response.json()
     assert response.status_code == 200 and body["version"] == "v1"
     first = body["results"][0]
-    assert set(first) == {"image_path", "similarity_score", "product", "defect"}
+    # The seed's V1 fields, plus the calibrated confidence every answer now carries.
+    assert set(first) == {"image_path", "similarity_score", "product", "defect", "match_confidence", "confident_match"}
     assert first["image_path"].endswith("prod2_dent_1.jpg") and (first["product"], first["defect"]) == ("prod2", "dent")
     filtered = search(plain_api, image=blobs["prod2_dent_1.jpg"], top_k=3, product_code="prod1").json()["results"]
     assert {r["product"] for r in filtered} == {"prod1"}
