@@ -56,13 +56,16 @@ class ProductAnomalyModelInline(admin.TabularInline):
         return False
 
 
-def request_rebuild(request: HttpRequest, index_type: str) -> list[IndexBuild]:
+def request_rebuild(request: HttpRequest, index_type: str, *, adapt: bool | None = None) -> list[IndexBuild]:
     """Queue a rebuild from the admin and tell the user what happened."""
     if not request.user.has_perm(REBUILD_INDEX):
         raise PermissionDenied
     try:
         builds = index_build_request(
-            index_type=index_type, engine=serving_engine(settings.USE_INDEX_V2), requested_by=request.user
+            index_type=index_type,
+            engine=serving_engine(settings.USE_INDEX_V2),
+            requested_by=request.user,
+            adapt=adapt,
         )
     except ServiceError as exc:
         messages.error(request, exc.message)
@@ -226,7 +229,40 @@ def quality_panel(build: IndexBuild, active: IndexBuild | None) -> dict[str, Any
         "active_build": active if theirs else None,
         "is_active": bool(active and active.pk == build.pk),
         "blocks": blocks,
+        "adaptation": quality.get("adaptation") if (quality.get("adaptation") or {}).get("requested") else None,
+        "variants": _variants(quality),
     }
+
+
+def _variant(name: str, figures: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One row of the search-variant comparison: the main label's headline figures."""
+    block = (figures or {}).get("labels", {}).get((figures or {}).get("main_label"))
+    if not block:
+        return None
+    return {
+        "name": name,
+        **{key: _percent(block[key]["value"]) for key, _, _ in QUALITY_METRICS},
+        "chance": _percent(block["top1_accuracy"]["chance"]),
+    }
+
+
+def _variants(quality: dict[str, Any]) -> list[dict[str, Any]]:
+    """The build's figures beside its alternatives: without the catalog adaptation it kept, and
+    defect-region search against whole-photo search on the images that have a region."""
+    rows = []
+    if quality.get("base"):
+        rows += [
+            _variant(gettext("Adapted to the catalog (served)"), quality),
+            _variant(gettext("Plain embedding"), quality["base"]),
+        ]
+    focus = quality.get("focus") or {}
+    if focus.get("region"):
+        count = focus.get("images")
+        rows += [
+            _variant(gettext("Defect region (%(count)s images)") % {"count": count}, focus["region"]),
+            _variant(gettext("Whole photo, same %(count)s images") % {"count": count}, focus.get("whole")),
+        ]
+    return [row for row in rows if row]
 
 
 @admin.register(IndexBuild)
@@ -417,5 +453,5 @@ class IndexBuildAdmin(admin.ModelAdmin):
 @require_POST
 def _rebuild_view(request: HttpRequest) -> HttpResponse:
     index_type = request.POST.get("index_type", "all")
-    request_rebuild(request, index_type)
+    request_rebuild(request, index_type, adapt=True if request.POST.get("adapt") == "on" else None)
     return HttpResponseRedirect(reverse("admin:indexing_indexbuild_changelist"))

@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from catalog.storage import delete_prefix, read_object
-from indexing.artifacts import ALL_FILES, EMBEDDINGS_FILE
+from indexing.artifacts import ALL_FILES, EMBEDDINGS_FILE, MANIFEST_FILE, SERVING_EXTRAS
 
 
 def storage_write(prefix: str, files: dict[str, bytes]) -> None:
@@ -30,7 +30,10 @@ def storage_write(prefix: str, files: dict[str, bytes]) -> None:
 
 def storage_read(prefix: str) -> dict[str, bytes]:
     # embeddings.pt is for audits and re-use, not needed to serve searches.
-    return {name: read_object(f"{prefix}/{name}") for name in ALL_FILES if name != EMBEDDINGS_FILE}
+    files = {name: read_object(f"{prefix}/{name}") for name in ALL_FILES if name != EMBEDDINGS_FILE}
+    listed = json.loads(files[MANIFEST_FILE]).get("files", {})
+    files |= {name: read_object(f"{prefix}/{name}") for name in SERVING_EXTRAS if name in listed}
+    return files
 
 
 def storage_delete(prefix: str) -> int:
@@ -63,7 +66,11 @@ def cache_get(build_id: int) -> dict[str, bytes] | None:
     folder = _cache_root() / f"build-{build_id}"
     if not folder.is_dir():
         return None
-    return {path.name: path.read_bytes() for path in folder.iterdir() if path.name in ALL_FILES}
+    return {
+        path.name: path.read_bytes()
+        for path in folder.iterdir()
+        if path.name in ALL_FILES or path.name in SERVING_EXTRAS
+    }
 
 
 def cache_build_ids() -> list[int]:

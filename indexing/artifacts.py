@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from indexing import vector_index
+from indexing.adaptation import PROJECTION_FILE, Projection
 from indexing.calibration import MODE_WHOLE, Calibration
 
 INDEX_FILE = "faiss_index.bin"
@@ -28,6 +29,8 @@ METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 DATA_FILES = (INDEX_FILE, EMBEDDINGS_FILE, METADATA_FILE)
 ALL_FILES = (*DATA_FILES, MANIFEST_FILE)
+# Files a build has only sometimes and that serving needs when it does (listed in its manifest).
+SERVING_EXTRAS = (PROJECTION_FILE,)
 MAX_CACHED_FILTERS = 1024
 
 
@@ -86,6 +89,8 @@ class LoadedIndex:
     # Per-type thresholds and match confidences learnt when the build was made, per score space
     # (indexing/calibration.py MODE_*); none for builds made before calibration existed.
     calibrations: dict[str, Calibration] = field(init=False, default_factory=dict)
+    # The build's catalog adaptation (indexing/adaptation.py): applied to every query vector.
+    projection: Projection | None = None
 
     def __post_init__(self) -> None:
         hashes = [record["sha256"] for record in self.records.values() if record.get("sha256")]
@@ -95,6 +100,10 @@ class LoadedIndex:
             calibration = Calibration.from_dict(data)
             if calibration is not None:
                 self.calibrations[mode] = calibration
+
+    def query_vector(self, vector: np.ndarray) -> np.ndarray:
+        """A query embedding in this build's space: adapted when the build kept an adaptation."""
+        return vector if self.projection is None else self.projection.apply(vector)
 
     def calibration_for(self, mode: str = MODE_WHOLE) -> Calibration | None:
         """The calibration of a score space; None: the build has none (made before calibration,
@@ -159,8 +168,16 @@ def unpack_artifacts(files: Mapping[str, bytes], *, manifest_sha256: str | None 
         expected = manifest.get("files", {}).get(name, {}).get("sha256")
         if expected != sha256_hex(files[name]):
             raise ArtifactError(f"{name} does not match its manifest entry")
+    projection = None
+    if PROJECTION_FILE in manifest.get("files", {}):
+        data = files.get(PROJECTION_FILE)
+        if data is None or sha256_hex(data) != manifest["files"][PROJECTION_FILE]["sha256"]:
+            raise ArtifactError(f"{PROJECTION_FILE} is missing or does not match its manifest entry")
+        projection = Projection.from_bytes(data)
     index = vector_index.deserialize(files[INDEX_FILE])
+    if projection is not None and projection.output_dim != index.d:
+        raise ArtifactError(f"{PROJECTION_FILE} makes {projection.output_dim}-d vectors; the index holds {index.d}-d")
     records = {int(record["image_id"]): record for record in json.loads(files[METADATA_FILE])}
     if index.ntotal != len(records):
         raise ArtifactError(f"index has {index.ntotal} vectors but metadata has {len(records)} records")
-    return LoadedIndex(manifest=manifest, index=index, records=records, manifest_sha256=actual)
+    return LoadedIndex(manifest=manifest, index=index, records=records, manifest_sha256=actual, projection=projection)

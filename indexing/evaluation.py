@@ -86,12 +86,13 @@ def build_evaluate_folder(*, build: IndexBuild, folder: Path) -> FolderEvaluatio
     encoded = embedder.encode_images([f.path.read_bytes for f in queries])
     present = [queries[i] for i in encoded.present]
     skipped += [(str(queries[i].path.relative_to(folder)), "could not be read") for i in encoded.missing]
-    _, vectors, records = _gallery(_loaded(build))
+    loaded = _loaded(build)
+    _, vectors, records = _gallery(loaded)
     quality = evaluate_queries(
         image_type=build.image_type,
         vectors=vectors,
         records=records,
-        query_vectors=encoded.vectors,
+        query_vectors=loaded.query_vector(encoded.vectors),  # in the build's space (catalog adaptation)
         query_products=[f.product for f in present],
         query_defects=[f.defect if f.image_type == "defect" else None for f in present],
         query_hashes=[hashlib.sha256(f.path.read_bytes()).hexdigest() for f in present],

@@ -51,6 +51,14 @@ class IndexBuild(models.Model):
         _("untrained"), default=False, help_text=_("Random weights: similarity is not meaningful.")
     )
     model_fingerprint = models.CharField(_("model fingerprint"), max_length=64, blank=True)
+    adapt = models.BooleanField(
+        _("catalog adaptation"),
+        default=False,
+        help_text=_(
+            "Asked to learn a projection of the embeddings from the catalog's labels; the build keeps it only "
+            "when it helps on held-out pictures."
+        ),
+    )
     artifact_prefix = models.CharField(_("artifact prefix"), max_length=300, blank=True)
     manifest_sha256 = models.CharField(_("manifest SHA-256"), max_length=64, blank=True)
     timings = models.JSONField(_("timings"), default=dict, blank=True)

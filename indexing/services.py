@@ -24,6 +24,7 @@ from django.utils.translation import gettext, gettext_noop
 from catalog.models import Product
 from catalog.storage import existing_names, read_object
 from indexing import artifact_store
+from indexing.adaptation import PROJECTION_FILE, Projection, fit_adaptation
 from indexing.anomaly import AnomalyModel, auroc, fit_anomaly_model
 from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
@@ -40,7 +41,7 @@ from indexing.models import (
     IndexEngine,
     ProductAnomalyModel,
 )
-from indexing.quality import DEFECT_LABEL, evaluate_build, labels_for, main_top1
+from indexing.quality import DEFECT_LABEL, evaluate_build, labels_for, main_top1, record_labels
 from indexing.runtime import current_embedder, current_patch_extractor
 from indexing.selectors import gallery_rows
 from simsearch_project.errors import Conflict, NotFound, ServiceError, safe_reason
@@ -81,9 +82,16 @@ def _gallery_types(index_type: str) -> list[str]:
 
 
 def index_build_request(
-    *, index_type: str, engine: str = IndexEngine.V2, requested_by: Any = None, enqueue: bool = True
+    *,
+    index_type: str,
+    engine: str = IndexEngine.V2,
+    requested_by: Any = None,
+    enqueue: bool = True,
+    adapt: bool | None = None,
 ) -> list[IndexBuild]:
     """Queue a build per image type, or return the build already queued/running for that type.
+    `adapt`: learn a catalog adaptation (V2 builds; None = SIMSEARCH_ADAPT). A build already in
+    flight keeps what it was asked.
 
     New builds are handed to the task queue when the transaction commits, as one task that
     runs them one after another (each build uses every core it is given). With
@@ -98,17 +106,26 @@ def index_build_request(
             gettext("INDEX_DIR_V1 is not set: there is no legacy folder to index."), code="no_legacy_folder"
         )
     builds_fail_stale()
+    if adapt is None:
+        adapt = settings.SIMSEARCH_ADAPT == "on"
     builds: list[IndexBuild] = []
     with transaction.atomic():
         for image_type in _gallery_types(index_type):
-            builds.append(_queued_or_pending(image_type=image_type, engine=engine, requested_by=requested_by))
+            builds.append(
+                _queued_or_pending(
+                    image_type=image_type,
+                    engine=engine,
+                    requested_by=requested_by,
+                    adapt=adapt and engine == IndexEngine.V2,
+                )
+            )
         new_ids = [b.pk for b in builds if b.newly_queued]  # type: ignore[attr-defined]
         if new_ids and enqueue:
             transaction.on_commit(lambda: _enqueue(new_ids))
     return builds
 
 
-def _queued_or_pending(*, image_type: str, engine: str, requested_by: Any) -> IndexBuild:
+def _queued_or_pending(*, image_type: str, engine: str, requested_by: Any, adapt: bool = False) -> IndexBuild:
     """A new queued build, or the one already pending (one per type: a database constraint).
 
     The pending build can finish between our refused insert and the read that looks for it; the
@@ -122,6 +139,7 @@ def _queued_or_pending(*, image_type: str, engine: str, requested_by: Any) -> In
                     model_name=settings.SIMSEARCH_MODEL,
                     pretrained=settings.SIMSEARCH_PRETRAINED,
                     requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+                    adapt=adapt,
                 )
             build.newly_queued = True  # type: ignore[attr-defined]
             return build
@@ -380,10 +398,22 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         step = time.perf_counter()
         focus = _focus_descriptors(kept)
         timings["focus_s"] = round(time.perf_counter() - step, 3)
-    quality = _quality_measured(build=build, vectors=vectors, records=[s.record for s in kept], timings=timings)
+    records = [s.record for s in kept]
+    served, adaptation = vectors, _Adaptation(entry={"requested": False})
+    if build.adapt and build.engine == IndexEngine.V2:
+        step = time.perf_counter()
+        adaptation = _adaptation_fit(build, vectors, records)
+        timings["adapt_s"] = round(time.perf_counter() - step, 3)
+        if adaptation.projection is not None:
+            served = adaptation.projection.apply(vectors)
+    quality = _quality_measured(build=build, vectors=served, records=records, timings=timings)
+    if quality is not None:
+        quality = _quality_extended(
+            quality, build=build, raw=vectors, served=served, adaptation=adaptation, focus=focus, records=records
+        )
     calibration_started = time.perf_counter()  # per-type "no match" thresholds (indexing/calibration.py)
     calibration = calibrate_build(
-        vectors,
+        served,
         [s.record for s in kept],
         engine=build.engine,
         image_type=build.image_type,
@@ -409,13 +439,15 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         "anomaly_models": {**anomaly.entries, **focus.anomaly_entries},
         "focus": focus.manifest or {"reason": focus.reason},
         "calibration": calibration,
+        "adaptation": adaptation.entry,
     }
+    step = time.perf_counter()
     files = pack_artifacts(
         ids=ids,
-        vectors=vectors,
-        metadata=[s.record for s in kept],
+        vectors=served,
+        metadata=records,
         manifest=manifest,
-        extra_files={**anomaly.files, **focus.files},
+        extra_files={**anomaly.files, **focus.files, **adaptation.files},
     )
     artifact_store.storage_write(prefix, files)
     timings["write_s"] = round(time.perf_counter() - step, 3)
@@ -699,6 +731,66 @@ def _remove_artifacts(build: IndexBuild) -> None:
         artifact_store.storage_delete(build.artifact_prefix)
     except Exception:
         logger.exception("Could not remove the files of failed build %s under %s", build.pk, build.artifact_prefix)
+
+
+# --- catalog adaptation (indexing/adaptation.py) --------------------------------------------
+
+
+@dataclass
+class _Adaptation:
+    entry: dict[str, Any]  # the manifest's "adaptation"
+    projection: Projection | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def _adaptation_fit(build: IndexBuild, vectors: np.ndarray, records: list[dict[str, Any]]) -> _Adaptation:
+    """Learn a projection from the catalog's labels (defect type for the defect index, product
+    for the normal index) on the build's embeddings; kept only when it helps on held-out
+    pictures. The cached embeddings are never changed: the projection is a file of this build,
+    applied to its gallery here and to every query against it (LoadedIndex.query_vector)."""
+    products, defects, hashes = record_labels(records)
+    labels = defects if build.image_type == GalleryType.DEFECT else products
+    result = fit_adaptation(vectors, [str(label) for label in labels], hashes)
+    entry = {"requested": True, "label": labels_for(build.image_type)[0], **result.summary()}
+    logger.info("Build %s catalog adaptation: %s", build.pk, result.reason)
+    if result.projection is None:
+        return _Adaptation(entry=entry)
+    return _Adaptation(entry=entry, projection=result.projection, files={PROJECTION_FILE: result.projection.to_bytes()})
+
+
+def _quality_extended(
+    quality: dict[str, Any],
+    *,
+    build: IndexBuild,
+    raw: np.ndarray,
+    served: np.ndarray,
+    adaptation: _Adaptation,
+    focus: FocusArtifacts,
+    records: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The build's figures (measured on the vectors it serves) with, beside them, the plain
+    embeddings' figures when an adaptation was kept, and the defect-region search's figures
+    against whole-photo search on the same images when the build has region descriptors."""
+    extended = dict(quality)
+    extended["adaptation"] = adaptation.entry
+    if adaptation.projection is not None:
+        base = _quality_measured(build=build, vectors=raw, records=records, timings={})
+        extended["base"] = {"labels": base["labels"], "main_label": base["main_label"]} if base else None
+    if FOCUS_FILE in focus.files:
+        descriptors = FocusDescriptors.from_bytes(focus.files[FOCUS_FILE])
+        rows = {int(record["image_id"]): i for i, record in enumerate(records)}
+        subset = [rows[int(image_id)] for image_id in descriptors.ids]
+        subset_records = [records[i] for i in subset]
+        region = _quality_measured(
+            build=build, vectors=descriptors.centred(descriptors.descriptors), records=subset_records, timings={}
+        )
+        whole = _quality_measured(build=build, vectors=served[subset], records=subset_records, timings={})
+        extended["focus"] = {
+            "images": len(subset),
+            "region": {"labels": region["labels"], "main_label": region["main_label"]} if region else None,
+            "whole": {"labels": whole["labels"], "main_label": whole["main_label"]} if whole else None,
+        }
+    return extended
 
 
 # --- retrieval quality (indexing/quality.py) ----------------------------------------------

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse, QueryDict
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_safe
@@ -294,12 +294,19 @@ class IndexRebuildApi(APIView):
             raise _bad_request("index_type", gettext('Send a JSON object or form fields, e.g. {"index_type": "all"}.'))
         raw = request.data.get("index_type") or request.query_params.get("index_type")
         # No default: an empty or mistyped body must not rebuild everything.
-        params = RebuildRequestSerializer(data={} if raw in (None, "") else {"index_type": raw})
+        # A form body stays a QueryDict, so that its "true" reads as a form's (StrictBooleanField).
+        data = QueryDict(mutable=True) if isinstance(request.data, QueryDict) else {}
+        if raw not in (None, ""):
+            data["index_type"] = raw
+        if request.data.get("adapt") not in (None, ""):
+            data["adapt"] = request.data["adapt"]
+        params = RebuildRequestSerializer(data=data)
         params.is_valid(raise_exception=True)
         builds = index_build_request(
             index_type=params.validated_data["index_type"],
             engine=serving_engine(settings.USE_INDEX_V2),
             requested_by=request.user,
+            adapt=params.validated_data.get("adapt"),
         )
         new = any(b.newly_queued for b in builds)
         # Read back: the task id is written when the queue accepts the task (on commit).

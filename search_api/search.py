@@ -112,7 +112,9 @@ def similarity_search(query: SearchQuery, *, vector: np.ndarray | None = None) -
     if vector is None:
         vector = query_vector(image=query.image, text=query.text)
     allowed = allowed_ids(loaded, query)
-    hits = search(loaded.index, vector[0], query.top_k + loaded.duplicate_vectors, allowed_ids=allowed)
+    hits = search(
+        loaded.index, loaded.query_vector(vector)[0], query.top_k + loaded.duplicate_vectors, allowed_ids=allowed
+    )
     return SearchOutcome(index=loaded, hits=distinct_pictures(loaded, hits, query.top_k))
 
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import QueryDict
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
@@ -10,7 +9,7 @@ from rest_framework import serializers
 
 from indexing.models import GalleryType, IndexBuild
 from search_api.focus import FOCUS_CHOICES
-from simsearch_project.fields import StrictCharField, StrictIntegerField
+from simsearch_project.fields import StrictBooleanField, StrictCharField, StrictIntegerField
 
 
 class SimilaritySearchRequestSerializer(serializers.Serializer):
@@ -316,6 +315,32 @@ class QualityLabelsSerializer(serializers.Serializer):
     product = LabelQualitySerializer()
 
 
+class QualityFiguresSerializer(serializers.Serializer):
+    main_label = serializers.ChoiceField(choices=["defect_type", "product"])
+    labels = QualityLabelsSerializer()
+
+
+class AdaptationSerializer(serializers.Serializer):
+    requested = serializers.BooleanField()
+    kept = serializers.BooleanField(required=False)
+    reason = serializers.CharField(required=False, help_text=_("Why the projection was kept or not."))
+    base_top1 = serializers.FloatField(
+        required=False, allow_null=True, help_text=_("Held-out top-1 of the plain embeddings (5 folds).")
+    )
+    adapted_top1 = serializers.FloatField(
+        required=False, allow_null=True, help_text=_("Held-out top-1 with the projection.")
+    )
+    alpha = serializers.FloatField(required=False, allow_null=True)
+    dims = serializers.IntegerField(required=False, allow_null=True)
+    seconds = serializers.FloatField(required=False)
+
+
+class FocusQualitySerializer(serializers.Serializer):
+    images = serializers.IntegerField(help_text=_("Defect images with a defect-region descriptor."))
+    region = QualityFiguresSerializer(allow_null=True, help_text=_("Searched by their defect regions."))
+    whole = QualityFiguresSerializer(allow_null=True, help_text=_("The same images searched by whole photos."))
+
+
 class BuildQualitySerializer(serializers.Serializer):
     """indexing.quality's report: see README, Retrieval quality."""
 
@@ -336,6 +361,13 @@ class BuildQualitySerializer(serializers.Serializer):
     vote_k = serializers.IntegerField()
     labels = QualityLabelsSerializer()
     seconds = serializers.FloatField()
+    adaptation = AdaptationSerializer(required=False, help_text=_("Catalog adaptation, when the rebuild asked for it."))
+    base = QualityFiguresSerializer(
+        required=False, allow_null=True, help_text=_("The plain embeddings' figures, when an adaptation was kept.")
+    )
+    focus = FocusQualitySerializer(
+        required=False, help_text=_("Defect index: defect-region search against whole-photo search, same images.")
+    )
 
 
 @extend_schema_field(BuildQualitySerializer(allow_null=True))
@@ -355,17 +387,11 @@ class IndexBuildDetailSerializer(IndexBuildSerializer):
 
 
 class IndexBuildActivateSerializer(serializers.Serializer):
-    confirm = serializers.BooleanField(
+    confirm = StrictBooleanField(
         required=False,
         default=False,
         help_text=_("Activate even when the build's top-1 accuracy is below the active build's."),
     )
-
-    def to_internal_value(self, data: Any) -> Any:
-        value = data.get("confirm") if hasattr(data, "get") else None
-        if value is not None and not isinstance(value, bool) and not isinstance(data, QueryDict):
-            raise serializers.ValidationError({"confirm": [gettext("Must be true or false.")]})
-        return super().to_internal_value(data)
 
 
 class IndexBuildActivateConflictSerializer(serializers.Serializer):
@@ -417,6 +443,13 @@ class IndexStatusResponseSerializer(serializers.Serializer):
 class RebuildRequestSerializer(serializers.Serializer):
     index_type = serializers.ChoiceField(
         choices=["defect", "normal", "all"], help_text=_("Which index to rebuild; in the body or the query string.")
+    )
+    adapt = StrictBooleanField(
+        required=False,
+        help_text=_(
+            "Learn a projection of the embeddings from the catalog's labels (kept only when it helps on held-out "
+            "pictures). Default: SIMSEARCH_ADAPT."
+        ),
     )
 
 

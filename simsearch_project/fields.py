@@ -38,6 +38,17 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true/false in JSON; a form's "true"/"on"/"1" and their opposites as DRF reads them."""
+
+    default_error_messages = {"not_a_boolean": _("Must be true or false.")}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool) and _from_json(self):
+            self.fail("not_a_boolean")
+        return super().to_internal_value(data)
+
+
 class StrictModelSerializer(serializers.ModelSerializer):
     """A ModelSerializer whose text fields are StrictCharFields and that refuses fields it does not
     have (a misspelt `product_nmae` must not be dropped in silence). The OpenAPI schema says so

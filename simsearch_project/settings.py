@@ -236,6 +236,10 @@ SIMSEARCH_BUILD_STALE_SECONDS = env_int("SIMSEARCH_BUILD_STALE_SECONDS", 600)
 # How often a serving process checks for a newly activated build.
 SIMSEARCH_INDEX_POLL_SECONDS = float(env_str("SIMSEARCH_INDEX_POLL_SECONDS", "2"))
 SIMSEARCH_REBUILD_ON_STARTUP = env_bool("SIMSEARCH_REBUILD_ON_STARTUP", False)
+# Catalog adaptation (indexing/adaptation.py) when a rebuild does not say: off | on.
+SIMSEARCH_ADAPT = env_str("SIMSEARCH_ADAPT", "off").lower()
+if SIMSEARCH_ADAPT not in ("off", "on"):
+    raise ImproperlyConfigured(f"SIMSEARCH_ADAPT must be off or on, not {SIMSEARCH_ADAPT!r}.")
 USE_INDEX_V2 = env_bool("USE_INDEX_V2", True)
 INDEX_DIR_V1 = env_str("INDEX_DIR_V1")
 # Calibrated "no match": the share of right answers a type's threshold must reach in the build's

@@ -87,6 +87,14 @@ def test_the_defect_build_describes_the_defect_images_of_products_with_an_anomal
     entry = loaded.manifest["anomaly_models"]["bracket-a"]
     assert loaded.manifest["files"][entry["file"]]["sha256"] == entry["sha256"]
     assert entry["copied_from_build"] == focus["normal_build_id"]
+    # The build's quality figures: defect-region search beside whole-photo search, same 8 images.
+    build.refresh_from_db()
+    figures = build.quality["focus"]
+    assert figures["images"] == 8
+    region = figures["region"]["labels"]["defect_type"]["top1_accuracy"]["value"]
+    whole = figures["whole"]["labels"]["defect_type"]["top1_accuracy"]["value"]
+    assert region == 1.0 and figures["region"]["labels"]["defect_type"]["queries"] == 8
+    assert whole is not None and figures["whole"]["labels"]["defect_type"]["queries"] == 8
 
 
 def test_a_photo_is_answered_by_its_defect_region_and_finds_its_defect_type(focus_catalog, plain_api):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any
 
@@ -26,9 +27,23 @@ class Command(BaseCommand):
         )
         parser.add_argument("--sync", action="store_true", help="build here instead of in a qcluster worker")
         parser.add_argument("--no-wait", action="store_true", help="queue and return without waiting")
+        parser.add_argument(
+            "--adapt",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="learn a projection of the embeddings from the catalog's labels, kept only when it helps on "
+            "held-out pictures (default: SIMSEARCH_ADAPT)",
+        )
 
     def handle(
-        self, *args: Any, index_type: str, engine: str | None, sync: bool, no_wait: bool, **options: Any
+        self,
+        *args: Any,
+        index_type: str,
+        engine: str | None,
+        sync: bool,
+        no_wait: bool,
+        adapt: bool | None,
+        **options: Any,
     ) -> None:
         engine = engine or serving_engine(settings.USE_INDEX_V2)
         if settings.SIMSEARCH_PRETRAINED == "untrained":
@@ -38,7 +53,7 @@ class Command(BaseCommand):
                 )
             )
         try:
-            builds = index_build_request(index_type=index_type, engine=engine, enqueue=not sync)
+            builds = index_build_request(index_type=index_type, engine=engine, enqueue=not sync, adapt=adapt)
         except ServiceError as exc:
             raise CommandError(exc.message) from exc
         failed = False
@@ -90,6 +105,9 @@ class Command(BaseCommand):
                     f"{build.timings.get('total_s', 0):.1f} s."
                 )
             )
+            adaptation = (build.quality or {}).get("adaptation") or {}
+            if adaptation.get("requested"):
+                self.stdout.write(f"Catalog adaptation: {adaptation.get('reason')}")
             return False
         if build.status == BuildStatus.FAILED:
             self.stderr.write(self.style.ERROR(f"Build {build.pk} ({build.image_type}) failed: {build.error}"))
