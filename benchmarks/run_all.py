@@ -16,11 +16,12 @@ from datetime import date
 from benchmarks.common import ROOT, Row, Table, machine
 
 BENCHMARKS = {
-    "rebuild_throughput": {"full": ["--images", "192"], "quick": ["--images", "96"]},
+    "rebuild_throughput": {"full": ["--images", "600"], "quick": ["--images", "96"]},
+    "distributed_build": {"full": ["--images", "192"], "quick": ["--images", "64", "--chunk", "16"]},
     "incremental": {"full": ["--images", "2000"], "quick": ["--images", "500"]},
     "search_latency": {
-        "full": ["--vectors", "10000", "--queries", "60"],
-        "quick": ["--vectors", "10000", "--queries", "30"],
+        "full": ["--vectors", "10000", "--queries", "60", "--scale-vectors", "1000000"],
+        "quick": ["--vectors", "10000", "--queries", "30", "--scale-vectors", "100000"],
     },
     "upload_previews": {"full": ["--megapixels", "20"], "quick": ["--megapixels", "20", "--repeats", "1"]},
     "embed_memory": {"full": [], "quick": []},

@@ -16,6 +16,7 @@ from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
+from indexing import artifact_store
 from indexing.models import PENDING_STATUSES, BuildStatus, IndexBuild, ProductAnomalyModel
 from indexing.quality import DEFECT_LABEL, quality_deltas
 from indexing.selectors import serving_engine
@@ -123,6 +124,28 @@ QUALITY_METRICS = [
     ("top5_vote_accuracy", _("Top-5 majority vote accuracy"), _("a vote of 5 random neighbours")),
     ("map_at_10", _("mAP@10"), _("a random ranking")),
 ]
+
+
+def index_kind_label(build: IndexBuild) -> str:
+    """Exact or approximate, and the approximate index's recall@10 measured when it was built
+    (read from the build's manifest)."""
+    try:
+        entry = artifact_store.storage_index_entry(build.artifact_prefix, build.manifest_sha256)
+    except Exception:  # storage unreachable or files pruned: the page still opens
+        entry = None
+    if not entry:
+        return "—"
+    if entry.get("kind") == "ivf":
+        return gettext(
+            "approximate (IVF, %(read)s of %(lists)s lists read per search): recall@10 %(recall)s against "
+            "exact search, measured on %(queries)s of its vectors"
+        ) % {
+            "read": entry.get("nprobe"),
+            "lists": entry.get("nlist"),
+            "recall": entry.get("recall_at_10"),
+            "queries": entry.get("recall_queries"),
+        }
+    return gettext("exact (flat): every vector compared, recall@10 1.0")
 
 
 def _percent(value: float | None) -> str:
@@ -284,7 +307,7 @@ class IndexBuildAdmin(admin.ModelAdmin):
     list_select_related = ["requested_by"]
     actions = ["activate_builds"]
     # The figures are shown by the quality panel (change_form.html), not as raw JSON.
-    readonly_fields = [f.name for f in IndexBuild._meta.fields if f.name != "quality"]
+    readonly_fields = [*(f.name for f in IndexBuild._meta.fields if f.name != "quality"), "index_kind"]
     exclude = ["quality"]
     inlines = [ProductAnomalyModelInline]
 
@@ -340,6 +363,10 @@ class IndexBuildAdmin(admin.ModelAdmin):
                 gettext("untrained weights"),
             )
         return f"{obj.model_name} ({obj.pretrained})"
+
+    @admin.display(description=_("Index kind"))
+    def index_kind(self, obj: IndexBuild) -> str:
+        return index_kind_label(obj)
 
     @admin.display(description=_("Error"))
     def error_short(self, obj: IndexBuild) -> str:

@@ -13,8 +13,17 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from catalog.storage import delete_prefix, read_object
-from indexing.artifacts import ALL_FILES, EMBEDDINGS_FILE, MANIFEST_FILE, SERVING_EXTRAS
+from catalog.storage import delete_prefix, read_object, resolved_name
+from indexing.artifacts import (
+    ALL_FILES,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    RECORDS_FILE,
+    SERVING_EXTRAS,
+    CachedFiles,
+    sha256_hex,
+)
 
 
 def storage_write(prefix: str, files: dict[str, bytes]) -> None:
@@ -28,12 +37,29 @@ def storage_write(prefix: str, files: dict[str, bytes]) -> None:
             raise RuntimeError(f"storage renamed {key} to {saved}; the build prefix was not empty")
 
 
+def serving_names(manifest_bytes: bytes) -> list[str]:
+    """The files a serving process needs besides the manifest. embeddings.pt is for audits and
+    re-use; metadata.json only for builds made before records.bin."""
+    listed = json.loads(manifest_bytes).get("files", {})
+    names = [INDEX_FILE] + ([] if RECORDS_FILE in listed else [METADATA_FILE])
+    return names + [name for name in SERVING_EXTRAS if name in listed]
+
+
 def storage_read(prefix: str) -> dict[str, bytes]:
-    # embeddings.pt is for audits and re-use, not needed to serve searches.
-    files = {name: read_object(f"{prefix}/{name}") for name in ALL_FILES if name != EMBEDDINGS_FILE}
-    listed = json.loads(files[MANIFEST_FILE]).get("files", {})
-    files |= {name: read_object(f"{prefix}/{name}") for name in SERVING_EXTRAS if name in listed}
-    return files
+    manifest = read_object(f"{prefix}/{MANIFEST_FILE}")
+    return {MANIFEST_FILE: manifest} | {name: read_object(f"{prefix}/{name}") for name in serving_names(manifest)}
+
+
+def storage_index_entry(prefix: str, manifest_sha256: str) -> dict | None:
+    """The manifest's "index" entry of a build (kind, lists, recall@10 measured at build time);
+    None for a build without files or made before the entry existed."""
+    if not prefix or not manifest_sha256:
+        return None
+    data = read_object(f"{prefix}/{MANIFEST_FILE}")
+    if sha256_hex(data) != manifest_sha256:
+        return None
+    entry = json.loads(data).get("index")
+    return entry if isinstance(entry, dict) else None
 
 
 def storage_delete(prefix: str) -> int:
@@ -62,15 +88,46 @@ def cache_put(build_id: int, files: dict[str, bytes]) -> None:
             raise
 
 
-def cache_get(build_id: int) -> dict[str, bytes] | None:
+def cache_fill(build_id: int, prefix: str) -> CachedFiles:
+    """Copy a build's serving files from storage into the local cache, streamed (a million
+    vectors are 2 GB), and return them there; unpack_artifacts checks them against the manifest.
+    Processes that start together each copy to their own staging folder; the first rename wins."""
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"build-{build_id}"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f".build-{build_id}-", dir=root))
+        try:
+            manifest = read_object(f"{prefix}/{MANIFEST_FILE}")
+            for name in serving_names(manifest):
+                _copy_object(f"{prefix}/{name}", staging / name)
+            (staging / MANIFEST_FILE).write_bytes(manifest)
+            os.replace(staging, target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not target.exists():
+                raise
+    found = cache_get(build_id)
+    if found is None:
+        raise FileNotFoundError(target)
+    return found
+
+
+def _copy_object(name: str, path: Path) -> None:
+    resolved_name(name)  # a local folder's link out of the media folder is no object
+    with default_storage.open(name, "rb") as source, path.open("wb") as target:
+        shutil.copyfileobj(source, target, 8 * 1024 * 1024)
+
+
+def cache_get(build_id: int) -> CachedFiles | None:
+    """The build's files in the local cache, read (or memory-mapped) when used; None if absent."""
     folder = _cache_root() / f"build-{build_id}"
     if not folder.is_dir():
         return None
-    return {
-        path.name: path.read_bytes()
-        for path in folder.iterdir()
-        if path.name in ALL_FILES or path.name in SERVING_EXTRAS
-    }
+    try:
+        return CachedFiles(folder, frozenset(ALL_FILES) | frozenset(SERVING_EXTRAS))
+    except FileNotFoundError:  # removed meanwhile (pruned, or a damaged copy)
+        return None
 
 
 def cache_build_ids() -> list[int]:

@@ -126,9 +126,9 @@ class Embedder:
             "weights": weights_identity,
             "preprocess": {k: preprocess_cfg.get(k) for k in sorted(preprocess_cfg)},
             "input_size": self.input_size,
-            "decode": "pil-jpeg-draft-2x,center-square-first,rgb"
+            "decode": "pil-jpeg-draft-1x,center-square-first,rgb"
             if self.crop_square_first
-            else "pil-jpeg-draft-2x,rgb",
+            else "pil-jpeg-draft-1x,rgb",
         }
         self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_source, sort_keys=True).encode()).hexdigest()[:32]
         with torch.inference_mode():
@@ -140,14 +140,21 @@ class Embedder:
     # -- decoding ----------------------------------------------------------------------------
 
     def image_tensor(self, data: bytes) -> torch.Tensor:
-        """Decode and preprocess one image. Large JPEGs are decoded at reduced scale (DCT draft,
-        at least twice the model's input size), which is most of the cost of a factory photo."""
+        """Decode (`decode`) and preprocess one image."""
+        return self.preprocess(self.decode(data))
+
+    def decode(self, data: bytes) -> Image.Image:
+        """The RGB picture the model's preprocessing starts from. JPEGs are decoded at the smallest DCT scale (1/1 to
+        1/8) whose picture still covers the model's input on both sides, and resized from there:
+        decoding is most of the cost of a factory photo (a 512 px JPEG decodes in 1.4 ms at
+        1/2 scale against 3.3 ms in full), and on a CPU build every millisecond of it is taken
+        from the forward pass."""
         with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG":
-                img.draft("RGB", (2 * self.input_size, 2 * self.input_size))
+                img.draft("RGB", (self.input_size, self.input_size))
             if self.crop_square_first:
                 img = _center_square(img)
-            return self.preprocess(img.convert("RGB"))
+            return img.convert("RGB")
 
     # -- encoding ----------------------------------------------------------------------------
 

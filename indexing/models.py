@@ -127,6 +127,38 @@ class IndexBuild(models.Model):
         return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
 
 
+class ChunkStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
+
+
+class BuildChunk(models.Model):
+    """A share of a build's images to embed, taken by whichever task-queue worker claims it first
+    (the build's own task too): more qcluster processes on the broker, faster rebuilds. The
+    vectors go to the embedding cache; the build merges them from there. Deleted with the build."""
+
+    build = models.ForeignKey(IndexBuild, on_delete=models.CASCADE, related_name="chunks")
+    number = models.PositiveIntegerField()
+    # [[image_id, sha256, "storage"|"file", name or path], ...]: what to read, in any process.
+    sources = models.JSONField()
+    status = models.CharField(max_length=16, choices=ChunkStatus.choices, default=ChunkStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    missing_ids = models.JSONField(default=list, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["build", "number"]
+        constraints = [models.UniqueConstraint(fields=["build", "number"], name="one_chunk_number_per_build")]
+
+    def __str__(self) -> str:
+        return f"chunk {self.number} of build {self.build_id} ({self.status})"
+
+
 class CachedEmbedding(models.Model):
     """An image embedding, reusable by any later build with the same model fingerprint."""
 

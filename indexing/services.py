@@ -34,8 +34,10 @@ from indexing.focus import FOCUS_FILE, FOCUS_PATCHES, DefectRegion, FocusDescrip
 from indexing.legacy import scan_legacy_folder
 from indexing.models import (
     PENDING_STATUSES,
+    BuildChunk,
     BuildStatus,
     CachedEmbedding,
+    ChunkStatus,
     GalleryType,
     IndexBuild,
     IndexEngine,
@@ -49,6 +51,8 @@ from simsearch_project.errors import Conflict, NotFound, ServiceError, safe_reas
 logger = logging.getLogger(__name__)
 
 REBUILD_TASK = "indexing.tasks.index_builds_run"
+CHUNK_ATTEMPTS = 3  # a chunk that failed this often fails its build
+CHUNK_POLL_SECONDS = 0.5
 CACHE_LOOKUP_CHUNK = 500
 REQUEST_ATTEMPTS = 5
 ANOMALY_READ_CHUNK = 16
@@ -286,15 +290,171 @@ def _embed_missing(
     return vectors, missing_ids
 
 
+# --- builds spread over workers -------------------------------------------------------------
+
+
+def _source_ref(source: GallerySource) -> list[Any]:
+    """How any process reads this source: its storage name (V2) or its file's path (V1)."""
+    if source.storage_name is not None:
+        return [source.image_id, source.sha256, "storage", source.storage_name]
+    return [source.image_id, source.sha256, "file", source.record["image_path"]]
+
+
+def _ref_reader(kind: str, name: str) -> Callable[[], bytes]:
+    if kind == "storage":
+        return lambda: read_object(name)
+    return lambda: Path(name).read_bytes()
+
+
+def _embed_in_chunks(
+    *,
+    build: IndexBuild,
+    embedder: Embedder,
+    sources: list[GallerySource],
+    progress: _Progress,
+    already_done: int,
+    timings: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], set[int]]:
+    """Embed `sources` as chunks (BuildChunk rows) that any task-queue worker may claim: one task
+    per chunk is queued, and this build's own task claims chunks too, so one worker alone still
+    finishes. Each chunk writes its vectors to the embedding cache, which is how they come back
+    here (and why a chunk taken again after its worker died redoes only what was not cached).
+    A failed chunk is retried up to CHUNK_ATTEMPTS times; a chunk whose worker stopped
+    reporting is taken again."""
+    size = settings.SIMSEARCH_BUILD_CHUNK_SIZE
+    BuildChunk.objects.filter(build=build).delete()
+    BuildChunk.objects.bulk_create(
+        [
+            BuildChunk(build=build, number=n, sources=[_source_ref(s) for s in sources[start : start + size]])
+            for n, start in enumerate(range(0, len(sources), size))
+        ]
+    )
+    from django_q.tasks import async_task
+
+    from indexing.tasks import build_chunks_run
+
+    count = BuildChunk.objects.filter(build=build).count()
+    for n in range(count - 1):  # helpers; this task is the last worker
+        async_task(build_chunks_run, build.pk, task_name=f"index-build-{build.pk}-chunk-{n}")
+    while True:
+        ran = _chunk_claim_and_run(build_id=build.pk, embedder=embedder)
+        chunks = list(BuildChunk.objects.filter(build=build).only("number", "status", "done", "error"))
+        progress(already_done + sum(c.done for c in chunks))  # every worker's images, and a heartbeat
+        failed = [c for c in chunks if c.status == ChunkStatus.FAILED]
+        if failed:
+            raise ServiceError(
+                gettext("Part %(number)s of the images could not be embedded: %(error)s")
+                % {"number": failed[0].number + 1, "error": failed[0].error}
+            )
+        if all(c.status == ChunkStatus.DONE for c in chunks):
+            break
+        if not ran:  # the rest is with other workers: wait, and take back what a dead one held
+            chunks_release_stale(build_id=build.pk)
+            time.sleep(CHUNK_POLL_SECONDS)
+    missing_ids = {i for c in BuildChunk.objects.filter(build=build).only("missing_ids") for i in c.missing_ids}
+    wanted = [s.sha256 for s in sources if s.image_id not in missing_ids]
+    vectors = _cached_vectors(embedder.fingerprint, wanted, embedder.dim)
+    workers = sorted(set(BuildChunk.objects.filter(build=build).values_list("worker", flat=True)))
+    logger.info("Build %s embedded %s images in %s chunks by %s", build.pk, len(sources), count, ", ".join(workers))
+    timings["chunks"] = count
+    timings["chunk_workers"] = workers
+    BuildChunk.objects.filter(build=build).delete()
+    return vectors, missing_ids
+
+
+def build_chunks_run(*, build_id: int) -> int:
+    """A task-queue worker's share of a build: claim pending chunks of it and embed them until
+    none is left. Returns how many it did."""
+    build = IndexBuild.objects.filter(pk=build_id, status=BuildStatus.RUNNING).first()
+    if build is None:
+        return 0
+    embedder = current_embedder()
+    if embedder.fingerprint != build.model_fingerprint:
+        logger.warning(
+            "Build %s needs model %s; this worker has %s", build_id, build.model_fingerprint, embedder.fingerprint
+        )
+        return 0
+    done = 0
+    while _chunk_claim_and_run(build_id=build_id, embedder=embedder):
+        done += 1
+    return done
+
+
+def _chunk_claim_and_run(*, build_id: int, embedder: Embedder) -> bool:
+    """Claim one pending chunk (a conditional update: exactly one worker wins it) and embed it.
+    False when none is pending."""
+    for chunk in BuildChunk.objects.filter(build_id=build_id, status=ChunkStatus.PENDING).only("pk")[:8]:
+        claimed = BuildChunk.objects.filter(pk=chunk.pk, status=ChunkStatus.PENDING).update(
+            status=ChunkStatus.RUNNING,
+            worker=_worker_name(),
+            heartbeat_at=timezone.now(),
+            attempts=F("attempts") + 1,
+            done=0,
+        )
+        if claimed:
+            _chunk_run(BuildChunk.objects.get(pk=chunk.pk), embedder)
+            return True
+    return False
+
+
+def _chunk_run(chunk: BuildChunk, embedder: Embedder) -> None:
+    refs = chunk.sources
+    try:
+        cached = set(_cached_vectors(embedder.fingerprint, [sha for _, sha, _, _ in refs], embedder.dim))
+        todo = [ref for ref in refs if ref[1] not in cached]  # a chunk taken again redoes only the rest
+
+        def beat(done: int) -> None:
+            BuildChunk.objects.filter(pk=chunk.pk, status=ChunkStatus.RUNNING).update(
+                done=len(refs) - len(todo) + done, heartbeat_at=timezone.now()
+            )
+
+        sources = [
+            GallerySource(image_id=image_id, sha256=sha, read=_ref_reader(kind, name), record={})
+            for image_id, sha, kind, name in todo
+        ]
+        _, missing = _embed_missing(embedder=embedder, sources=sources, progress=beat, already_done=0)
+    except Exception as exc:
+        logger.exception("Chunk %s of build %s failed (attempt %s)", chunk.number, chunk.build_id, chunk.attempts)
+        status = ChunkStatus.FAILED if chunk.attempts >= CHUNK_ATTEMPTS else ChunkStatus.PENDING
+        BuildChunk.objects.filter(pk=chunk.pk, status=ChunkStatus.RUNNING).update(
+            status=status, error=_describe(exc), heartbeat_at=timezone.now()
+        )
+        return
+    BuildChunk.objects.filter(pk=chunk.pk, status=ChunkStatus.RUNNING).update(
+        status=ChunkStatus.DONE, done=len(refs), missing_ids=sorted(missing), heartbeat_at=timezone.now()
+    )
+
+
+def chunks_release_stale(*, build_id: int) -> int:
+    """Put back the running chunks whose worker died (same host: its process is gone; any host:
+    no heartbeat for SIMSEARCH_BUILD_STALE_SECONDS), for another worker to take."""
+    stale_before = timezone.now() - timedelta(seconds=settings.SIMSEARCH_BUILD_STALE_SECONDS)
+    host = socket.gethostname()
+    released = 0
+    for chunk in BuildChunk.objects.filter(build_id=build_id, status=ChunkStatus.RUNNING):
+        worker_host, _, pid = chunk.worker.rpartition(":")
+        dead = worker_host == host and pid.isdigit() and not _process_alive(int(pid))
+        if dead or (chunk.heartbeat_at and chunk.heartbeat_at < stale_before):
+            released += BuildChunk.objects.filter(pk=chunk.pk, status=ChunkStatus.RUNNING, worker=chunk.worker).update(
+                status=ChunkStatus.PENDING
+            )
+            logger.warning("Chunk %s of build %s: worker %s stopped; taken again", chunk.number, build_id, chunk.worker)
+    return released
+
+
 def _describe(exc: BaseException) -> str:
     return safe_reason(exc)
 
 
-def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | None = None) -> IndexBuild:
+def index_build_run(
+    *, build_id: int, on_progress: Callable[[int, int], None] | None = None, distributed: bool = False
+) -> IndexBuild:
     """Build one queued index. On success it is written completely, then marked ready and
     activated in one transaction, and builds beyond SIMSEARCH_KEEP_BUILDS are pruned; on any
     failure it is marked failed, its files are removed, and the active build keeps serving.
-    `on_progress(done, total)` is for a progress bar."""
+    `on_progress(done, total)` is for a progress bar. `distributed` (the task queue's builds):
+    more than SIMSEARCH_BUILD_CHUNK_SIZE images to embed are split into chunks that every
+    qcluster worker on the broker may take (`_embed_in_chunks`)."""
     claimed = IndexBuild.objects.filter(pk=build_id, status=BuildStatus.QUEUED).update(
         status=BuildStatus.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), worker=_worker_name()
     )
@@ -303,7 +463,7 @@ def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | 
         logger.warning("Build %s is %s, not queued; not running it again", build_id, build.status)
         return build
     try:
-        _run(build, on_progress)
+        _run(build, on_progress, distributed)
     except Exception as exc:
         logger.exception("Index build %s failed", build_id)
         _fail(build, _describe(exc))
@@ -316,8 +476,8 @@ def index_build_run(*, build_id: int, on_progress: Callable[[int, int], None] | 
     return build
 
 
-def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> None:
-    timings: dict[str, float] = {}
+def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, distributed: bool) -> None:
+    timings: dict[str, Any] = {}
     started = time.perf_counter()
     embedder = current_embedder()
     timings["model_load_s"] = round(time.perf_counter() - started, 3)
@@ -359,9 +519,21 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
             first_of_hash.setdefault(source.sha256, source)
     reused_count = len(sources) - sum(1 for s in sources if s.sha256 not in reused)
     progress(reused_count, force=True)
-    embedded, missing_ids = _embed_missing(
-        embedder=embedder, sources=list(first_of_hash.values()), progress=progress, already_done=reused_count
-    )
+    to_embed = list(first_of_hash.values())
+    chunk_size = settings.SIMSEARCH_BUILD_CHUNK_SIZE
+    if distributed and chunk_size and len(to_embed) > chunk_size:
+        embedded, missing_ids = _embed_in_chunks(
+            build=build,
+            embedder=embedder,
+            sources=to_embed,
+            progress=progress,
+            already_done=reused_count,
+            timings=timings,
+        )
+    else:
+        embedded, missing_ids = _embed_missing(
+            embedder=embedder, sources=to_embed, progress=progress, already_done=reused_count
+        )
     timings["embed_s"] = round(time.perf_counter() - step, 3)
     vectors_by_hash = {**reused, **embedded}
     missing_hashes = {s.sha256 for s in first_of_hash.values() if s.image_id in missing_ids}
@@ -448,6 +620,8 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None) -> N
         metadata=records,
         manifest=manifest,
         extra_files={**anomaly.files, **focus.files, **adaptation.files},
+        exact_max=settings.SIMSEARCH_EXACT_INDEX_MAX,
+        recall_target=settings.SIMSEARCH_INDEX_RECALL_TARGET,
     )
     artifact_store.storage_write(prefix, files)
     timings["write_s"] = round(time.perf_counter() - step, 3)

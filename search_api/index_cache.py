@@ -106,6 +106,9 @@ class IndexCache:
             logger.exception("Could not clean the local index cache")
 
     def _load(self, key: Key, build: ActiveBuild) -> LoadedIndex:
+        """The build from the local cache, copied there from storage first if need be. Served
+        from the cache folder, its index and records are memory-mapped: the processes of a host
+        share one copy in the page cache."""
         files = artifact_store.cache_get(build.build_id)
         loaded = None
         if files is not None:
@@ -113,10 +116,14 @@ class IndexCache:
                 loaded = unpack_artifacts(files, manifest_sha256=build.manifest_sha256)
             except ArtifactError:
                 logger.warning("Local copy of build %s is damaged; reading it from storage again", build.build_id)
+                artifact_store.cache_remove(build.build_id)
         if loaded is None:
-            files = artifact_store.storage_read(build.artifact_prefix)
-            loaded = unpack_artifacts(files, manifest_sha256=build.manifest_sha256)
-            artifact_store.cache_put(build.build_id, files)
+            files = artifact_store.cache_fill(build.build_id, build.artifact_prefix)
+            try:
+                loaded = unpack_artifacts(files, manifest_sha256=build.manifest_sha256)
+            except ArtifactError:
+                artifact_store.cache_remove(build.build_id)  # not kept: the next try copies again
+                raise
         artifact_store.cache_pointer_set(*key, build.build_id, build.manifest_sha256)
         return loaded
 

@@ -6,9 +6,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.utils.translation import gettext as _
 
 from indexing.artifacts import LoadedIndex
+from indexing.batcher import BatcherTimeout, QueryBatcher, batcher_for
 from indexing.calibration import MODE_WHOLE, MatchAssessment
 from indexing.embedder import Embedder, WeightsUnavailable
 from indexing.runtime import current_embedder
@@ -76,15 +78,31 @@ def undecodable_query(exc: Exception) -> ServiceError:
     )
 
 
+def query_batcher(embedder: Embedder) -> QueryBatcher:
+    """This process's batcher of query photos (SIMSEARCH_QUERY_BATCH_SIZE, _WAIT_MS), made on first use."""
+    return batcher_for(
+        embedder, max_batch=settings.SIMSEARCH_QUERY_BATCH_SIZE, max_wait_ms=settings.SIMSEARCH_QUERY_BATCH_WAIT_MS
+    )
+
+
 def query_vector(*, image: bytes | None, text: str | None) -> np.ndarray:
-    """The query's embedding: the photo's if there is one, else the text's."""
+    """The query's embedding: the photo's if there is one, else the text's. A photo is decoded in
+    the request's own thread and embedded in one forward pass with the photos that other requests
+    of this process send at the same time; text queries are rare and embed alone."""
     embedder = search_embedder()
     if image is None:
         return embedder.encode_texts([text or ""])
     try:
-        return embedder.encode_image_bytes(image)
+        tensor = embedder.image_tensor(image)
     except Exception as exc:  # validated upstream; a decoder can still refuse odd files
         raise undecodable_query(exc) from exc
+    try:
+        return query_batcher(embedder).embed(tensor)
+    except BatcherTimeout as exc:
+        logger.error("A query waited too long for the search model: %s", exc)
+        raise ServiceUnavailable(
+            _("The search model is too busy to answer now; try again in a moment."), code="model_busy"
+        ) from exc
 
 
 def similarity_search(query: SearchQuery, *, vector: np.ndarray | None = None) -> SearchOutcome:
@@ -126,7 +144,7 @@ def allowed_ids(loaded: LoadedIndex, query: SearchQuery) -> np.ndarray | None:
     if query.exclude_sha256:
         excluded += loaded.ids_with_hash(query.exclude_sha256)
     if excluded:
-        base = allowed if allowed is not None else np.fromiter(loaded.records, dtype=np.int64)
+        base = allowed if allowed is not None else loaded.all_ids()
         allowed = base[~np.isin(base, excluded)]
     return allowed
 

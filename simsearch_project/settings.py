@@ -226,6 +226,21 @@ SIMSEARCH_DEVICE = env_str("SIMSEARCH_DEVICE", "auto")  # auto | cpu | cuda
 # torch threads per process; 0 = torch's default (all cores). Keep workers x threads <= cores.
 SIMSEARCH_TORCH_THREADS = env_int("SIMSEARCH_TORCH_THREADS", 0)
 SIMSEARCH_EMBED_BATCH_SIZE = env_int("SIMSEARCH_EMBED_BATCH_SIZE", 32)
+# Query photos that concurrent requests of one serving process embed in one forward pass
+# (indexing/batcher.py), and how long the first of them waits for the others; 0 or 1 = off.
+SIMSEARCH_QUERY_BATCH_SIZE = env_int("SIMSEARCH_QUERY_BATCH_SIZE", 8)
+if not 0 <= SIMSEARCH_QUERY_BATCH_SIZE <= 256:
+    raise ImproperlyConfigured(
+        f"SIMSEARCH_QUERY_BATCH_SIZE must be between 0 and 256 (0 or 1: no batching), not {SIMSEARCH_QUERY_BATCH_SIZE}."
+    )
+try:
+    SIMSEARCH_QUERY_BATCH_WAIT_MS = float(env_str("SIMSEARCH_QUERY_BATCH_WAIT_MS") or "20")
+except ValueError:
+    raise ImproperlyConfigured("SIMSEARCH_QUERY_BATCH_WAIT_MS must be a number of milliseconds such as 20.") from None
+if not 0 <= SIMSEARCH_QUERY_BATCH_WAIT_MS <= 1000:
+    raise ImproperlyConfigured(
+        f"SIMSEARCH_QUERY_BATCH_WAIT_MS must be between 0 and 1000 milliseconds, not {SIMSEARCH_QUERY_BATCH_WAIT_MS}."
+    )
 SIMSEARCH_INDEX_PREFIX = env_str("SIMSEARCH_INDEX_PREFIX", "index-builds")
 # Ready builds kept for rollback besides the active one, per image type and engine; older ones
 # (rows and files) are removed after each successful build and by `manage.py prune_index_builds`.
@@ -233,9 +248,26 @@ SIMSEARCH_KEEP_BUILDS = env_int("SIMSEARCH_KEEP_BUILDS", 5)
 SIMSEARCH_INDEX_CACHE_DIR = DATA_DIR / "index_cache"
 # A running build whose worker has not reported progress for this long is marked failed.
 SIMSEARCH_BUILD_STALE_SECONDS = env_int("SIMSEARCH_BUILD_STALE_SECONDS", 600)
+# Images to embed per chunk of a queued build; every qcluster worker on the broker may take a
+# chunk (more hosts, faster rebuilds). 0: the build's own task embeds everything.
+SIMSEARCH_BUILD_CHUNK_SIZE = env_int("SIMSEARCH_BUILD_CHUNK_SIZE", 512)
+if SIMSEARCH_BUILD_CHUNK_SIZE < 0:
+    raise ImproperlyConfigured("SIMSEARCH_BUILD_CHUNK_SIZE must be 0 (off) or a number of images.")
 # How often a serving process checks for a newly activated build.
 SIMSEARCH_INDEX_POLL_SECONDS = float(env_str("SIMSEARCH_INDEX_POLL_SECONDS", "2"))
 SIMSEARCH_REBUILD_ON_STARTUP = env_bool("SIMSEARCH_REBUILD_ON_STARTUP", False)
+# A build's index is exact (flat) up to this many vectors and approximate (IVF) above it, with
+# recall@10 against exact search measured on the build's own vectors and raised to the target by
+# reading more lists (README, Sizing). Read when a build is made.
+SIMSEARCH_EXACT_INDEX_MAX = env_int("SIMSEARCH_EXACT_INDEX_MAX", 100_000)
+try:
+    SIMSEARCH_INDEX_RECALL_TARGET = float(env_str("SIMSEARCH_INDEX_RECALL_TARGET") or "0.95")
+except ValueError:
+    raise ImproperlyConfigured("SIMSEARCH_INDEX_RECALL_TARGET must be a number such as 0.95.") from None
+if not 0 < SIMSEARCH_INDEX_RECALL_TARGET <= 1:
+    raise ImproperlyConfigured(
+        f"SIMSEARCH_INDEX_RECALL_TARGET must be above 0 and at most 1, not {SIMSEARCH_INDEX_RECALL_TARGET}."
+    )
 # Catalog adaptation (indexing/adaptation.py) when a rebuild does not say: off | on.
 SIMSEARCH_ADAPT = env_str("SIMSEARCH_ADAPT", "off").lower()
 if SIMSEARCH_ADAPT not in ("off", "on"):

@@ -75,6 +75,17 @@ def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_embedding(embe
     assert float(draft @ full) > 0.98
 
 
+@pytest.mark.parametrize("size", [(512, 512), (2048, 1536), (300, 200)])
+def test_jpegs_decode_at_the_smallest_dct_scale_that_still_covers_the_model_input(
+    embedder: Embedder, size: tuple[int, int]
+) -> None:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, (120, 80, 40)).save(buffer, format="JPEG")
+    short_side = min(embedder.decode(buffer.getvalue()).size)
+    scales = [min(size) // factor for factor in (1, 2, 4, 8) if min(size) // factor >= embedder.input_size]
+    assert short_side == (min(scales) if scales else min(size))
+
+
 def test_text_queries_embed_to_the_same_space(embedder: Embedder) -> None:
     vectors = embedder.encode_texts(["scratch on a metal surface", "a dent"])
     assert vectors.shape == (2, embedder.dim)
