@@ -298,7 +298,8 @@ class IndexRebuildApi(APIView):
         data = QueryDict(mutable=True) if isinstance(request.data, QueryDict) else {}
         if raw not in (None, ""):
             data["index_type"] = raw
-        if request.data.get("adapt") not in (None, ""):
+        # "Not given" is an absent key; an empty form field counts as absent too, as in a browser form.
+        if "adapt" in request.data and not (isinstance(data, QueryDict) and request.data.get("adapt") == ""):
             data["adapt"] = request.data["adapt"]
         params = RebuildRequestSerializer(data=data)
         params.is_valid(raise_exception=True)
@@ -362,7 +363,7 @@ class IndexBuildActivateApi(APIView):
         },
     )
     def post(self, request: Request, pk: int) -> Response:
-        if not isinstance(request.data, Mapping):
+        if not isinstance(request.data, Mapping) or set(request.data) - {"confirm"}:
             raise _bad_request("confirm", gettext('Send a JSON object, e.g. {"confirm": true}, or no body.'))
         params = IndexBuildActivateSerializer(data=request.data)
         params.is_valid(raise_exception=True)

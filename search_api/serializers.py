@@ -163,7 +163,7 @@ class FocusRegionSerializer(serializers.Serializer):
 
 class FocusSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=FOCUS_CHOICES, help_text=_("Which search answered."))
-    reason = serializers.CharField(help_text=_("Why the whole photo was searched; empty otherwise."))
+    reason = serializers.CharField(allow_blank=True, help_text=_("Why the whole photo was searched; empty otherwise."))
     product_code = serializers.CharField(allow_null=True)
     product_from = serializers.ChoiceField(
         choices=["request", "image", "best_match"],

@@ -91,11 +91,19 @@ class StrictFormParser(FormParser):
 class StrictMultiPartParser(MultiPartParser):
     """DRF's multipart parser, refusing field names and values that were not UTF-8. Django decodes
     them with replacement characters and gives no other sign, so a U+FFFD in a field is taken for
-    bytes that were not UTF-8: no client of this API has a reason to send that character."""
+    bytes that were not UTF-8: no client of this API has a reason to send that character. Django
+    also skips parts without a field name in silence: a body with content but not one field or
+    file is refused, rather than read as an empty form (which would mean "all defaults")."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
         parsed = super().parse(stream, media_type, parser_context)
         for name, values in parsed.data.lists():
             if "\ufffd" in name or any("\ufffd" in value for value in values):
                 raise ParseError(gettext("Multipart form parse error - a field is not valid UTF-8."))
+        if not parsed.data and not parsed.files:
+            request = (parser_context or {}).get("request")
+            length = int((request.META.get("CONTENT_LENGTH") if request is not None else 0) or 0)
+            boundary = (media_type or "").partition("boundary=")[2].strip('"; ')
+            if length > len(boundary) + 8:  # more than the closing "--boundary--\r\n"
+                raise ParseError(gettext("Multipart form parse error - a part has no field name."))
         return parsed

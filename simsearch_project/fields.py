@@ -39,14 +39,21 @@ class StrictIntegerField(serializers.IntegerField):
 
 
 class StrictBooleanField(serializers.BooleanField):
-    """true/false in JSON; a form's "true"/"on"/"1" and their opposites as DRF reads them."""
+    """true/false: JSON booleans, or the words "true"/"false" in a form (what the OpenAPI schema
+    says a form's boolean is; DRF alone would also take "1", "on", "yes" and their opposites)."""
 
     default_error_messages = {"not_a_boolean": _("Must be true or false.")}
 
     def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool) and _from_json(self):
+        if _from_json(self):
+            if not isinstance(data, bool):
+                self.fail("not_a_boolean")
+            return data
+        if isinstance(data, bool):  # a form without the field: DRF's empty-checkbox False
+            return data
+        if not isinstance(data, str) or data.lower() not in ("true", "false"):
             self.fail("not_a_boolean")
-        return super().to_internal_value(data)
+        return data.lower() == "true"
 
 
 class StrictModelSerializer(serializers.ModelSerializer):

@@ -126,6 +126,10 @@ def test_adaptation_is_asked_by_the_api_the_admin_button_the_command_and_the_set
     form = staff_api.post(REBUILD, {"index_type": "defect", "adapt": "true"})  # a form's true
     assert form.status_code == 202 and IndexBuild.objects.get().adapt is True
     IndexBuild.objects.all().delete()
+    for word in ("0", "on", "yes"):  # a form's boolean is the word true or false, as the schema says
+        assert staff_api.post(REBUILD, {"index_type": "defect", "adapt": word}).status_code == 400
+    assert staff_api.post(REBUILD, {"index_type": "defect", "adapt": ""}, format="json").status_code == 400
+
 
     client.force_login(staff_user)
     client.post("/admin/indexing/indexbuild/rebuild/", {"index_type": "defect", "adapt": "on"})
@@ -143,6 +147,13 @@ def test_adaptation_is_asked_by_the_api_the_admin_button_the_command_and_the_set
     assert build.adapt is True
     index_build_run(build_id=build.pk)
     build.refresh_from_db()
+    # A multipart body whose only part has no field name is refused, not read as "all defaults".
+    garbage = b"--B\r\n\xaa\xbcZ\xdd--B--\r\n"
+    activate = f"/api/index/builds/{build.pk}/activate/"
+    refused = staff_api.generic("POST", activate, garbage, content_type="multipart/form-data; boundary=B")
+    assert refused.status_code == 400, refused.content
+    assert staff_api.post(activate).status_code == 200  # an empty form: confirm defaults to false
+    assert staff_api.post(activate, {"confirm": "true"}).status_code == 200
     page = client.get(f"/admin/indexing/indexbuild/{build.pk}/change/")
     html = page.content.decode()
     assert 'class="quality-adaptation" data-kept="true"' in html and "quality-variants" in html
