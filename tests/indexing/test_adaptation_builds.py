@@ -130,7 +130,6 @@ def test_adaptation_is_asked_by_the_api_the_admin_button_the_command_and_the_set
         assert staff_api.post(REBUILD, {"index_type": "defect", "adapt": word}).status_code == 400
     assert staff_api.post(REBUILD, {"index_type": "defect", "adapt": ""}, format="json").status_code == 400
 
-
     client.force_login(staff_user)
     client.post("/admin/indexing/indexbuild/rebuild/", {"index_type": "defect", "adapt": "on"})
     assert IndexBuild.objects.get().adapt is True
