@@ -323,7 +323,7 @@ def _embed_in_chunks(
     reporting is taken again."""
     size = settings.SIMSEARCH_BUILD_CHUNK_SIZE
     BuildChunk.objects.filter(build=build).delete()
-    BuildChunk.objects.bulk_create(
+    chunks = BuildChunk.objects.bulk_create(
         [
             BuildChunk(build=build, number=n, sources=[_source_ref(s) for s in sources[start : start + size]])
             for n, start in enumerate(range(0, len(sources), size))
@@ -333,7 +333,7 @@ def _embed_in_chunks(
 
     from indexing.tasks import build_chunks_run
 
-    count = BuildChunk.objects.filter(build=build).count()
+    count = len(chunks)
     for n in range(count - 1):  # helpers; this task is the last worker
         async_task(build_chunks_run, build.pk, task_name=f"index-build-{build.pk}-chunk-{n}")
     while True:
@@ -776,11 +776,18 @@ def _reusable_anomaly_model(product_id: int, normal_set: str) -> tuple[bytes, Pr
     if row is None:
         return None
     try:
-        data = read_object(f"{row.build.artifact_prefix}/{row.file_name}")
-    except Exception:  # pruned meanwhile, storage hiccup: fit it again
+        return _anomaly_model_file(row, row.build), row
+    except Exception:  # pruned meanwhile, storage hiccup, altered: fit it again
         logger.warning("Could not reuse the anomaly model of build %s; fitting it again", row.build_id, exc_info=True)
         return None
-    return (data, row) if sha256_hex(data) == row.sha256 else None
+
+
+def _anomaly_model_file(row: ProductAnomalyModel, build: IndexBuild) -> bytes:
+    """The model file of `row` under `build`'s prefix, checked against the sha256 the row holds."""
+    data = read_object(f"{build.artifact_prefix}/{row.file_name}")
+    if sha256_hex(data) != row.sha256:
+        raise ValueError(f"{row.file_name} of build {build.pk} does not match its build record")
+    return data
 
 
 def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> float | None:
@@ -837,9 +844,7 @@ def _focus_descriptors(kept: list[GallerySource]) -> FocusArtifacts:
     ).select_related("product"):
         code = row.product.product_code
         try:
-            data = read_object(f"{normal.artifact_prefix}/{row.file_name}")
-            if sha256_hex(data) != row.sha256:
-                raise ValueError("the file does not match its build record")
+            data = _anomaly_model_file(row, normal)
             model = AnomalyModel.from_bytes(data)
             model.require_fingerprint(extractor.fingerprint)
         except Exception as exc:  # gone, altered, other feature settings: whole-image search only

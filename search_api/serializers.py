@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from indexing.models import GalleryType, IndexBuild
-from search_api.focus import FOCUS_CHOICES
+from search_api.focus import FOCUS_CHOICES, PRODUCT_FROM_BEST_MATCH, PRODUCT_FROM_IMAGE, PRODUCT_FROM_REQUEST
 from simsearch_project.fields import StrictBooleanField, StrictCharField, StrictIntegerField
 
 
@@ -166,7 +166,7 @@ class FocusSerializer(serializers.Serializer):
     reason = serializers.CharField(allow_blank=True, help_text=_("Why the whole photo was searched; empty otherwise."))
     product_code = serializers.CharField(allow_null=True)
     product_from = serializers.ChoiceField(
-        choices=["request", "image", "best_match"],
+        choices=[PRODUCT_FROM_REQUEST, PRODUCT_FROM_IMAGE, PRODUCT_FROM_BEST_MATCH],
         allow_null=True,
         help_text=_("Where the product whose normal images describe the photo came from."),
     )
