@@ -83,7 +83,8 @@ def machine() -> str:
 
     return (
         f"{cpu}, {os.cpu_count()} cores, {memory} RAM, Python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU used"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        + (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU")
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from torchvision.transforms import Normalize, ToTensor
 
 from indexing.weights import is_checkpoint_path
 
@@ -109,6 +110,7 @@ class Embedder:
         self.is_untrained = source is None
         self.device = device
         self.preprocess = preprocess
+        self._pixels, self._normalize = _split_preprocess(preprocess)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.input_size = int(
             model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
@@ -140,8 +142,12 @@ class Embedder:
     # -- decoding ----------------------------------------------------------------------------
 
     def image_tensor(self, data: bytes) -> torch.Tensor:
-        """Decode (`decode`) and preprocess one image."""
-        return self.preprocess(self.decode(data))
+        """Decode (`decode`) and preprocess one image, for `_forward`. With open_clip's usual
+        preprocessing this stops at the resized uint8 pixels [3, H, W]: scaling to [0, 1] and
+        normalising run on the whole batch, on the model's device (the same arithmetic as
+        `preprocess`, so the same vectors). Per-image work then stays in Pillow, which releases
+        the GIL, so decode threads scale with the cores feeding a GPU."""
+        return self._pixels(self.decode(data))
 
     def decode(self, data: bytes) -> Image.Image:
         """The RGB picture the model's preprocessing starts from. JPEGs are decoded at the smallest DCT scale (1/1 to
@@ -158,9 +164,10 @@ class Embedder:
 
     # -- encoding ----------------------------------------------------------------------------
 
-    def _forward(self, batch: list[torch.Tensor]) -> np.ndarray:
+    def _forward(self, batch: Sequence[torch.Tensor]) -> np.ndarray:
+        """Embed `image_tensor` results in one pass: (len(batch), dim), normalised float32."""
         with torch.inference_mode():
-            features = self.model.encode_image(torch.stack(batch).to(self.device))
+            features = self.model.encode_image(self._normalize(torch.stack(list(batch)).to(self.device)))
             features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
@@ -234,6 +241,40 @@ class Embedder:
             tokens = self.tokenizer(list(texts)).to(self.device)
             features = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _split_preprocess(
+    preprocess: Callable[[Image.Image], torch.Tensor],
+) -> tuple[Callable[[Image.Image], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """(per image: picture -> tensor, per batch: stacked tensors on the device -> model input).
+    open_clip's image preprocessing is picture operations, then ToTensor (uint8 -> float / 255),
+    then Normalize: the last two are split off to run on the batch. Any other pipeline stays
+    whole, per image."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if (
+        len(steps) < 2
+        or not isinstance(steps[-2], ToTensor)
+        or not isinstance(steps[-1], Normalize)
+        or any(isinstance(step, (ToTensor, Normalize)) for step in steps[:-2])
+    ):
+        return preprocess, lambda batch: batch
+    picture_steps, normalize = steps[:-2], steps[-1]
+    mean = torch.tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def pixels(img: Image.Image) -> torch.Tensor:
+        for step in picture_steps:
+            img = step(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def scale_and_normalize(batch: torch.Tensor) -> torch.Tensor:
+        # ToTensor's float(x) / 255, then Normalize's (x - mean) / std, in the same order.
+        x = batch.to(torch.float32).div_(255)
+        return x.sub_(mean.to(x.device)).div_(std.to(x.device))
+
+    return pixels, scale_and_normalize
 
 
 def _center_square(img: Image.Image) -> Image.Image:

@@ -121,13 +121,20 @@ def test_unloadable_weights_fail_loudly_naming_the_setting(model: str, pretraine
     assert names in str(caught.value)
 
 
+def open_clip_vector(embedder: Embedder, img: PILImage.Image) -> np.ndarray:
+    """The reference: open_clip's own preprocessing of one picture, then the model."""
+    with torch.inference_mode():
+        features = embedder.model.encode_image(embedder.preprocess(img)[None])
+    return torch.nn.functional.normalize(features.float(), dim=-1)[0].numpy()
+
+
 def test_centre_square_is_cut_before_scaling_with_the_same_embedding(embedder: Embedder) -> None:
     seen: list[tuple[int, int]] = []
-    real_preprocess = embedder.preprocess
+    real_pixels = embedder._pixels
 
     def recording(img: PILImage.Image) -> torch.Tensor:
         seen.append(img.size)
-        return real_preprocess(img)
+        return real_pixels(img)
 
     photo = PILImage.fromarray(np.random.default_rng(1).integers(0, 255, (24, 36, 3), dtype=np.uint8)).resize(
         (600, 400)
@@ -135,17 +142,29 @@ def test_centre_square_is_cut_before_scaling_with_the_same_embedding(embedder: E
     data = io.BytesIO()
     photo.save(data, format="PNG")
     strip = image_bytes("PNG", size=(1, 400), seed=2)
-    embedder.preprocess = recording
+    embedder._pixels = recording
     try:
         cropped = embedder.encode_image_bytes(data.getvalue())[0]
         embedder.encode_image_bytes(strip)
     finally:
-        embedder.preprocess = real_preprocess
+        embedder._pixels = real_pixels
     # A strip reaches the model's preprocessing as its 1x1 centre, not as a 1x400 image to enlarge.
     assert seen == [(400, 400), (1, 1)]
     # For an ordinary photo the order changes nothing that matters.
-    plain = embedder._forward([real_preprocess(photo.convert("RGB"))])[0]
-    assert float(cropped @ plain) > 0.999
+    assert float(cropped @ open_clip_vector(embedder, photo.convert("RGB"))) > 0.999
+
+
+@pytest.mark.parametrize("model_name", [TINY, "ViT-B-32"])
+def test_batched_scaling_and_normalising_give_open_clips_vectors(model_name: str) -> None:
+    """image_tensor stops at uint8 pixels and _forward scales and normalises the batch: the
+    fingerprint promises open_clip's preprocessing, so the vectors must be exactly its vectors."""
+    embedder = get_embedder(model_name=model_name, pretrained="untrained")
+    pictures = [embedder.decode(image_bytes(seed=i, size=(300, 200))) for i in range(3)]
+    pixels = [embedder._pixels(picture) for picture in pictures]
+    assert pixels[0].dtype == torch.uint8 and pixels[0].shape == (3, embedder.input_size, embedder.input_size)
+    batched = embedder._forward(pixels)
+    for picture, vector in zip(pictures, batched, strict=True):
+        assert np.allclose(vector, open_clip_vector(embedder, picture), atol=1e-6)
 
 
 def test_embedding_the_longest_accepted_strip_stays_small(tmp_path: Path) -> None:
