@@ -5,6 +5,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "simsearch_project.settings")
+    from simsearch_project.startup import pause_collector
+
+    pause_collector()  # until set-up is done (simsearch_project/startup.py)
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

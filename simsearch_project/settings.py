@@ -79,6 +79,8 @@ INSTALLED_APPS = [
     "catalog",
     "indexing",
     "search_api",
+    # Last: turns the garbage collector back on once set-up is done (simsearch_project/startup.py).
+    "simsearch_project.apps.StartupConfig",
 ]
 
 MIDDLEWARE = [
