@@ -192,3 +192,21 @@ def test_embedding_the_longest_accepted_strip_stays_small(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     grown_mib = int(result.stdout.split()[-1])
     assert grown_mib < 100, f"embedding a 1x60000 strip grew the process by {grown_mib} MiB"
+
+
+def test_a_preprocessing_without_to_tensor_then_normalize_stays_whole_per_image() -> None:
+    """Only open_clip's usual tail (ToTensor, Normalize) is moved to the batch; anything else runs
+    as given, per image, and the batch step leaves the stacked tensors alone."""
+    from torchvision import transforms
+
+    from indexing.embedder import _split_preprocess
+
+    whole = transforms.Compose([transforms.Resize(8), transforms.ToTensor()])
+    pixels, batch_step = _split_preprocess(whole)
+    assert pixels is whole
+    stacked = torch.ones(2, 3, 8, 8)
+    assert batch_step(stacked) is stacked
+    split_pixels, _ = _split_preprocess(
+        transforms.Compose([*whole.transforms, transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    )
+    assert split_pixels is not whole
