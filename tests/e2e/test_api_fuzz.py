@@ -94,5 +94,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
             generated = re.search(r"(\d+) generated", result.stdout)
             assert selected and tested and generated, result.stdout[-3000:]
             assert int(tested[1]) == int(selected[1]) == int(selected[2]) > 0, result.stdout[-3000:]
-            assert int(generated[1]) > 100 * int(tested[1]), result.stdout[-3000:]
+            # At least the example budget per operation; more comes from the time-capped phases,
+            # how much depends on the machine's speed (1,934 for 24 operations on a slow day).
+            assert int(generated[1]) >= MAX_EXAMPLES * int(tested[1]), result.stdout[-3000:]
     assert not failures, "\n".join(failures)
