@@ -196,12 +196,20 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _ref_reader(kind: str, name: str) -> Callable[[], bytes]:
+    """How a gallery image is read: an object of the storage ("storage") or a file of a legacy
+    folder ("file"). The same for a build's own task and for a chunk another worker takes."""
+    if kind == "storage":
+        return lambda: read_object(name)
+    return lambda: Path(name).read_bytes()
+
+
 def _v2_sources(image_type: str) -> list[GallerySource]:
     return [
         GallerySource(
             image_id=row.image_id,
             sha256=row.sha256,
-            read=lambda name=row.file_name: read_object(name),
+            read=_ref_reader("storage", row.file_name),
             record=row.record(),
             storage_name=row.file_name,
         )
@@ -230,7 +238,7 @@ def _v1_sources(image_type: str) -> tuple[list[GallerySource], list[tuple[str, s
             GallerySource(
                 image_id=position,
                 sha256=sha256,
-                read=lambda path=legacy.path: path.read_bytes(),
+                read=_ref_reader("file", str(legacy.path)),
                 record={
                     "image_id": position,
                     # The content hash matches a legacy file with its imported catalog row (the
@@ -298,12 +306,6 @@ def _source_ref(source: GallerySource) -> list[Any]:
     if source.storage_name is not None:
         return [source.image_id, source.sha256, "storage", source.storage_name]
     return [source.image_id, source.sha256, "file", source.record["image_path"]]
-
-
-def _ref_reader(kind: str, name: str) -> Callable[[], bytes]:
-    if kind == "storage":
-        return lambda: read_object(name)
-    return lambda: Path(name).read_bytes()
 
 
 def _embed_in_chunks(
