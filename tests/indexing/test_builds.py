@@ -242,3 +242,43 @@ def test_opt_in_rebuild_at_startup_queues_one_build_per_type(settings, gallery):
 def test_no_startup_rebuild_by_default(gallery):
     assert served() is None
     assert not IndexBuild.objects.exists()
+
+
+def test_other_threads_answer_from_the_previous_build_while_one_thread_loads_the_new_one(
+    settings, monkeypatch, gallery, product, scratch
+):
+    """gthread workers: the thread that notices a new build loads it; the others go on answering
+    from the build already loaded instead of queueing behind the load (which takes seconds at 1M)."""
+    import threading
+    import time
+
+    from search_api import index_cache as cache_module
+
+    first = build_now()
+    assert served().build_id == first.pk
+    add_images(product, scratch, 1, start=50)
+    second = build_now()
+    settings.SIMSEARCH_INDEX_POLL_SECONDS = 0
+    loading, release = threading.Event(), threading.Event()
+    real_unpack = cache_module.unpack_artifacts
+
+    def slow_unpack(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loading.set()
+        release.wait(timeout=10)
+        return real_unpack(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "unpack_artifacts", slow_unpack)
+    answered: list[tuple[int, float]] = []
+
+    def other_request() -> None:
+        loading.wait(timeout=10)
+        started = time.monotonic()
+        answered.append((index_cache.get(engine="v2", image_type="defect").build_id, time.monotonic() - started))
+        release.set()
+
+    other = threading.Thread(target=other_request)
+    other.start()
+    reloaded = index_cache.get(engine="v2", image_type="defect")  # this thread loads the new build
+    other.join(timeout=20)
+    assert reloaded.build_id == second.pk
+    assert answered and answered[0][0] == first.pk and answered[0][1] < 2.0
