@@ -274,3 +274,23 @@ def test_the_fused_channels_last_trunk_gives_the_plain_resnet_layers(extractor: 
         fused2, fused3 = extractor.trunk(batch.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(fused2, f2, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(fused3, f3, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("grid", [(32, 32), (28, 20), (4, 4)])
+def test_smooth_map_is_bilinear_upsampling_then_a_reflected_gaussian(grid):
+    """The separable matrix form gives what the 2-D operations give, borders included."""
+    from indexing.anomaly import GAUSSIAN_SIGMA, smooth_map
+
+    patch_scores = np.random.default_rng(3).gamma(2.0, 1.0, size=grid).astype(np.float32)
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(patch_scores)[None, None], size=(96, 96), mode="bilinear", align_corners=False
+    )
+    radius = math.ceil(4 * GAUSSIAN_SIGMA)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * GAUSSIAN_SIGMA**2))
+    kernel /= kernel.sum()
+    up = torch.nn.functional.pad(up, (radius,) * 4, mode="reflect")
+    expected = torch.nn.functional.conv2d(up, (kernel[:, None] * kernel[None, :])[None, None])[0, 0].numpy()
+    smoothed = smooth_map(patch_scores, input_size=96)
+    assert smoothed.shape == (96, 96) and smoothed.dtype == np.float32
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-5, atol=1e-5)
