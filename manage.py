@@ -5,8 +5,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "simsearch_project.settings")
-    from simsearch_project.startup import pause_collector
+    from simsearch_project.startup import pause_collector, quiet_idle_blas_threads
 
+    quiet_idle_blas_threads()  # before numpy loads (simsearch_project/startup.py)
     pause_collector()  # until set-up is done (simsearch_project/startup.py)
     from django.core.management import execute_from_command_line
 

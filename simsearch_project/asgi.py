@@ -1,6 +1,10 @@
 import os
 
-from django.core.asgi import get_asgi_application
+from simsearch_project.startup import quiet_idle_blas_threads
+
+quiet_idle_blas_threads()  # before numpy loads (simsearch_project/startup.py)
+
+from django.core.asgi import get_asgi_application  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "simsearch_project.settings")
 application = get_asgi_application()

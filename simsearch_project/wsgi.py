@@ -1,7 +1,8 @@
 import os
 
-from simsearch_project.startup import pause_collector
+from simsearch_project.startup import pause_collector, quiet_idle_blas_threads
 
+quiet_idle_blas_threads()  # before numpy loads
 pause_collector()  # until set-up is done (simsearch_project/startup.py)
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
