@@ -8,7 +8,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,11 +25,11 @@ from catalog.models import Product
 from catalog.storage import existing_names, read_object
 from indexing import artifact_store
 from indexing.adaptation import PROJECTION_FILE, Projection, fit_adaptation
-from indexing.anomaly import AnomalyModel, auroc, fit_anomaly_model
+from indexing.anomaly import AnomalyModel, PatchFeatureExtractor, auroc, fit_anomaly_model
 from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
 from indexing.calibration import calibrate_build
-from indexing.embedder import Embedder
+from indexing.embedder import Embedder, ImageDecodeError
 from indexing.focus import FOCUS_FILE, FOCUS_PATCHES, DefectRegion, FocusDescriptors, defect_region
 from indexing.legacy import scan_legacy_folder
 from indexing.models import (
@@ -794,23 +794,36 @@ def _anomaly_model_file(row: ProductAnomalyModel, build: IndexBuild) -> bytes:
 
 def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> float | None:
     """Image AUROC: the product's defect images (scored against the model) against its normal
-    images' leave-one-out scores. None without defect images."""
+    images' leave-one-out scores. None without defect images. Files gone or undecodable since
+    upload are left out of the figure."""
     normal_scores = model.calibration_scores[np.isfinite(model.calibration_scores)]
     if not defect_files or not len(normal_scores):
         return None
     extractor = current_patch_extractor()
     defect_scores = []
-    for _, name in defect_files:
-        try:
-            features = extractor.extract([read_object(name)])[0]
-        except Exception:  # a file gone or undecodable since upload: leave it out of the figure
-            logger.warning("Anomaly evaluation skipped %s", name, exc_info=True)
-            continue
-        defect_scores.append(anomaly_score(model, features).score)
+    for start in range(0, len(defect_files), ANOMALY_READ_CHUNK):  # features a chunk at a time, in batches
+        photos = []
+        for _, name in defect_files[start : start + ANOMALY_READ_CHUNK]:
+            try:
+                photos.append(read_object(name))
+            except Exception:
+                logger.warning("Anomaly evaluation skipped %s", name, exc_info=True)
+        defect_scores += [anomaly_score(model, features).score for features in _decodable_features(extractor, photos)]
     if not defect_scores:
         return None
     labels = [False] * len(normal_scores) + [True] * len(defect_scores)
     return round(auroc(labels, [*normal_scores.tolist(), *defect_scores]), 4)
+
+
+def _decodable_features(extractor: PatchFeatureExtractor, photos: list[bytes]) -> Sequence[np.ndarray]:
+    """Patch features of the photos that decode; one that does not is logged and left out."""
+    while photos:
+        try:
+            return extractor.extract(photos)
+        except ImageDecodeError as exc:
+            logger.warning("Anomaly evaluation skipped an undecodable defect image: %s", exc)
+            photos = photos[: exc.index] + photos[exc.index + 1 :]
+    return []
 
 
 # --- defect-region descriptors (a defect build's focus search, indexing/focus.py) ----------------

@@ -48,6 +48,29 @@ def anomaly_catalog(product):  # type: ignore[no-untyped-def]
     return build, normals
 
 
+def test_defect_images_that_no_longer_read_or_decode_are_left_out_of_the_catalog_figure(product):
+    """The build's AUROC reads and scores the defect images in batches; one file deleted and one
+    overwritten with junk since upload leave the figure to the third, and the build succeeds."""
+    from django.core.files.base import ContentFile
+
+    dent = DefectType.objects.create(defect_code="dent", defect_name_ko="찍힘", defect_name_en="Dent")
+    for seed in range(6):
+        image_create(data=surface_photo(seed), image_type=ImageType.NORMAL, product=product)
+    defects = [
+        image_create(
+            data=surface_photo(100 + seed, defect=True), image_type=ImageType.DEFECT, product=product, defect_type=dent
+        )
+        for seed in range(3)
+    ]
+    default_storage.delete(defects[0].file.name)
+    default_storage.delete(defects[1].file.name)
+    assert default_storage.save(defects[1].file.name, ContentFile(b"not an image any more")) == defects[1].file.name
+    build = build_now("normal")
+    assert build.status == "ready", build.error
+    (row,) = ProductAnomalyModel.objects.filter(build=build)
+    assert row.defect_count == 3 and row.image_auroc == 1.0  # the remaining dark disc against six normals
+
+
 def detect(client, **fields):  # type: ignore[no-untyped-def]
     if "image" in fields:
         fields["image"] = SimpleUploadedFile("photo.png", fields["image"])
