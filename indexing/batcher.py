@@ -6,6 +6,9 @@ process whose request threads each embed their own query leaves that difference 
 A `QueryBatcher` lets each request thread decode and preprocess its photo itself (in parallel),
 then hands the tensor to one worker thread that waits at most `max_wait_ms` after the first
 query for up to `max_batch` of them, runs one forward pass and gives each caller its own row.
+Waiting only pays when company comes: a query waits only if, within the last `company_window_s`,
+some query arrived while another was queued or being embedded. Searches one at a time (a single
+inspector, a line PC) go at once instead of paying `max_wait_ms` each time.
 
 Create one per process, lazily, after any fork (`batcher_for`): a thread does not survive a fork,
 and the batcher starts its worker again in a child that inherited it."""
@@ -31,6 +34,8 @@ Forward = Callable[[Sequence[torch.Tensor]], np.ndarray]
 
 # How often a waiting caller checks that the worker thread is still alive.
 LIVENESS_POLL_SECONDS = 0.5
+# A lone query waits for company if queries overlapped this recently (QueryBatcher).
+COMPANY_WINDOW_SECONDS = 1.0
 
 
 class BatcherTimeout(TimeoutError):
@@ -48,16 +53,26 @@ class _Query:
 
 class QueryBatcher:
     """`embed(tensor)` -> that tensor's (1, dim) row of `forward([...])`, batched with the queries of
-    other threads that arrive within `max_wait_ms`. `max_batch` <= 1 switches batching off: each call
-    runs its own forward pass in the caller's thread."""
+    other threads that arrive within `max_wait_ms` (module docstring: only while queries overlap).
+    `max_batch` <= 1 switches batching off: each call runs its own forward pass in the caller's
+    thread."""
 
-    def __init__(self, forward: Forward, *, max_batch: int, max_wait_ms: float, timeout_s: float = 60.0):
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        timeout_s: float = 60.0,
+        company_window_s: float = COMPANY_WINDOW_SECONDS,
+    ):
         if max_wait_ms < 0 or timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and timeout_s > 0")
         self.forward = forward
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max_wait_ms / 1000
         self.timeout = timeout_s
+        self.company_window = company_window_s
         self._reset()
 
     def _reset(self) -> None:
@@ -65,6 +80,8 @@ class QueryBatcher:
         self._cond = threading.Condition()
         self._pending: deque[_Query] = deque()
         self._worker: threading.Thread | None = None
+        self._embedding = False  # a forward pass of the worker is running
+        self._overlapped_at = float("-inf")  # when a query last arrived while another was queued or embedding
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +95,8 @@ class QueryBatcher:
         query = _Query(tensor)
         with self._cond:
             self._start_worker_if_needed()
+            if self._pending or self._embedding:
+                self._overlapped_at = query.arrived
             self._pending.append(query)
             self._cond.notify()
         deadline = time.monotonic() + self.timeout
@@ -115,13 +134,17 @@ class QueryBatcher:
             while not self._pending:
                 self._cond.wait()
             # At most max_wait after the oldest query arrived: a lone query waits that long for
-            # company, queries that queued up while the last forward pass ran go at once.
-            deadline = self._pending[0].arrived + self.max_wait
+            # company while queries overlap, queries that queued up while the last forward pass
+            # ran go at once.
+            oldest = self._pending[0].arrived
+            company_expected = oldest - self._overlapped_at <= self.company_window
+            deadline = oldest + (self.max_wait if company_expected else 0.0)
             while len(self._pending) < self.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._embedding = True
             return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
 
     def _run(self) -> None:
@@ -133,12 +156,14 @@ class QueryBatcher:
                 if len(vectors) != len(batch):
                     raise RuntimeError(f"the forward pass returned {len(vectors)} rows for {len(batch)} queries")
             except BaseException as exc:
+                self._embedding = False
                 for query in batch:
                     query.error = exc
                     query.done.set()
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self._embedding = False
             for row, query in enumerate(batch):
                 query.vector = vectors[row : row + 1].copy()
                 query.done.set()

@@ -89,18 +89,28 @@ def test_concurrent_queries_share_forward_passes_of_at_most_max_batch() -> None:
     assert forward.threads == {"query-batcher"}
 
 
-def test_a_lone_query_waits_at_most_max_wait_for_company() -> None:
+def test_a_lone_query_waits_at_most_max_wait_for_company_and_only_while_queries_overlap() -> None:
     forward = RecordingForward()
-    batcher = QueryBatcher(forward, max_batch=8, max_wait_ms=300, timeout_s=5)
-    batcher.embed(torch.tensor(0.0))  # the worker thread starts
-    start = time.monotonic()
-    assert float(batcher.embed(torch.tensor(7.0))[0, 0]) == 7.0
-    waited = time.monotonic() - start
-    assert 0.25 <= waited < 1.0  # it waited for company, then went alone
+    batcher = QueryBatcher(forward, max_batch=8, max_wait_ms=300, timeout_s=5, company_window_s=0.8)
+
+    def timed(value: float) -> float:
+        start = time.monotonic()
+        assert float(batcher.embed(torch.tensor(value))[0, 0]) == value
+        return time.monotonic() - start
+
+    # One query at a time (nothing has overlapped yet): no waiting for company that never comes.
+    assert timed(0.0) < 0.2 and timed(1.0) < 0.2
     assert forward.sizes == [1, 1]
+    # Queries overlapped just now: a lone query waits for company, at most max_wait, then goes alone.
+    at_once(4, lambda i: batcher.embed(torch.tensor(float(i))))
+    assert 0.25 <= timed(7.0) < 1.0
+    assert forward.sizes[-1] == 1
+    # Once the overlap is older than the window, queries go at once again.
+    time.sleep(0.9)
+    assert timed(8.0) < 0.2
 
     eager = QueryBatcher(RecordingForward(), max_batch=8, max_wait_ms=0, timeout_s=5)
-    eager.embed(torch.tensor(0.0))
+    at_once(4, lambda i: eager.embed(torch.tensor(float(i))))
     start = time.monotonic()
     eager.embed(torch.tensor(1.0))
     assert time.monotonic() - start < 0.2
