@@ -44,10 +44,11 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
   The map at the photo's size is a bilinear resize of the input-size map, so its maximum can be a
   little below the score.
 
-Cost (2 CPU cores; benchmarks/anomaly_quality.py): features ~20 ms per 256 px photo (the trunk
+Cost (2 CPU cores; benchmarks/anomaly_quality.py): features 20-24 ms per 256 px photo (the trunk
 runs with its batch norms folded and channels-last, 1.5x faster than plain); fitting grows with
-the patch count (the coreset compares patches with patches), about 15 ms per photo for 20
-photos and 25 ms for 50 at the defaults; `max_bank_size` (16,384 rows, 6 MiB float16,
+the patch count (the coreset compares patches with patches), about 13 ms per photo for 20
+photos (coreset 7, HNSW graph 2, leave-one-out searches 4, smoothing 0.1) and 25 ms for 50 at
+the defaults; `max_bank_size` (16,384 rows, 6 MiB float16,
 plus a 12 MiB float32 FAISS copy while served) caps the bank, the per-query search (~50-100 ms at
 the cap) and, with `max_calibration_images`, the calibration. The caller's stack of features is
 0.8 MB per photo (float32 32x32x192): pick at most a few hundred normals per product.
