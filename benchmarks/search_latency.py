@@ -23,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from benchmarks.common import Row, Table, part_photo, setup_django
 def install_index(vectors: int, dim: int, fingerprint: str, embedder) -> int:  # type: ignore[no-untyped-def]
     """An active build of `vectors` random unit vectors (flat search cost does not depend on
     their content), written and registered the way a real build is."""
+    from django.conf import settings
     from django.utils import timezone
 
     from indexing import artifact_store
@@ -72,14 +74,16 @@ def install_index(vectors: int, dim: int, fingerprint: str, embedder) -> int:  #
         "dim": dim,
         "created_at": timezone.now().isoformat(),
     }
-    files = pack_artifacts(ids=ids, vectors=matrix, metadata=records, manifest=manifest)
     prefix = f"index-builds/v2/defect/bench-{build.pk}"
-    artifact_store.storage_write(prefix, files)
+    with tempfile.TemporaryDirectory(dir=settings.DATA_DIR) as folder:
+        files = pack_artifacts(ids=ids, vectors=matrix, metadata=records, manifest=manifest, into=Path(folder) / "f")
+        artifact_store.storage_write(prefix, files)
+        manifest_sha256 = sha256_hex(files[MANIFEST_FILE])
     IndexBuild.objects.filter(pk=build.pk).update(
         status="ready",
         artifact_prefix=prefix,
         vector_count=vectors,
-        manifest_sha256=sha256_hex(files[MANIFEST_FILE]),
+        manifest_sha256=manifest_sha256,
         model_fingerprint=fingerprint,
         is_active=True,
     )

@@ -7,10 +7,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 
 from catalog.storage import delete_prefix, read_object, resolved_name
@@ -22,17 +23,24 @@ from indexing.artifacts import (
     RECORDS_FILE,
     SERVING_EXTRAS,
     CachedFiles,
+    local_path,
     sha256_hex,
 )
 
 
-def storage_write(prefix: str, files: dict[str, bytes]) -> None:
+def storage_write(prefix: str, files: Mapping[str, bytes]) -> None:
     """Write the files under `prefix`, manifest last: a reader that finds the manifest finds
-    the rest (and the build row only turns `ready` after this returns)."""
+    the rest (and the build row only turns `ready` after this returns). Files in a local folder
+    (pack_artifacts) are streamed from disk, not read into memory first."""
     ordered = sorted(files, key=lambda name: name == "manifest.json")
     for name in ordered:
         key = f"{prefix}/{name}"
-        saved = default_storage.save(key, ContentFile(files[name]))
+        path = local_path(files, name)
+        if path is None:
+            saved = default_storage.save(key, ContentFile(files[name]))
+        else:
+            with path.open("rb") as handle:
+                saved = default_storage.save(key, File(handle, name=name))
         if saved != key:
             raise RuntimeError(f"storage renamed {key} to {saved}; the build prefix was not empty")
 

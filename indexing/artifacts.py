@@ -1,4 +1,4 @@
-"""The files of one index build, packed to bytes and verified when unpacked. Django-free.
+"""The files of one index build, written to a folder and verified when unpacked. Django-free.
 
 faiss_index.bin   IndexIDMap(IndexFlatIP) up to SIMSEARCH_EXACT_INDEX_MAX vectors, IndexIDMap(IndexIVFFlat)
                   above (indexing/vector_index.py); ids = image ids. Builds made before: IndexIDMap2(IndexFlatIP)
@@ -14,7 +14,6 @@ From the local cache the index and the records are memory-mapped, not read into 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,34 +62,41 @@ def pack_artifacts(
     vectors: np.ndarray,
     metadata: list[dict[str, Any]],
     manifest: dict[str, Any],
+    into: Path,
     extra_files: Mapping[str, bytes] | None = None,
     exact_max: int = DEFAULT_EXACT_MAX,
     recall_target: float = 0.95,
-) -> dict[str, bytes]:
-    """All the files as bytes, plus `extra_files` (a normal build's anomaly models, loaded on
-    demand); the manifest records the size and sha256 of every other file, and the index kind
-    with its recall@10 against exact search, measured here."""
+) -> CachedFiles:
+    """All the files written into the new folder `into`, plus `extra_files` (a normal build's
+    anomaly models, loaded on demand); the manifest records the size and sha256 of every other
+    file, and the index kind with its recall@10 against exact search, measured here. Each file
+    goes straight to disk: at a million vectors the index and the embeddings are 2 GB each,
+    which bytes in memory would hold twice over (and the caller's vectors besides)."""
+    into.mkdir(parents=True)
     served = vector_index.build_serving_index(vectors, ids, exact_max=exact_max, recall_target=recall_target)
-    index = served.index
-    embeddings = io.BytesIO()
+    faiss.write_index(served.index, str(into / INDEX_FILE))
+    index_info = served.info
+    del served  # the index's own copy of the vectors
     torch.save(
-        {"ids": torch.from_numpy(np.asarray(ids, dtype=np.int64)), "vectors": torch.from_numpy(vectors)}, embeddings
+        {"ids": torch.from_numpy(np.asarray(ids, dtype=np.int64)), "vectors": torch.from_numpy(vectors)},
+        into / EMBEDDINGS_FILE,
     )
-    files = {
-        INDEX_FILE: vector_index.serialize(index),
-        EMBEDDINGS_FILE: embeddings.getvalue(),
-        METADATA_FILE: json.dumps(metadata, ensure_ascii=False, indent=1).encode("utf-8"),
-        RECORDS_FILE: pack_records(metadata),
-        **(extra_files or {}),
-    }
+    with (into / METADATA_FILE).open("w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, ensure_ascii=False, indent=1)
+    (into / RECORDS_FILE).write_bytes(pack_records(metadata))
+    for name, data in (extra_files or {}).items():
+        (into / name).write_bytes(data)
+    names = [INDEX_FILE, EMBEDDINGS_FILE, METADATA_FILE, RECORDS_FILE, *(extra_files or {})]
     manifest = {
         **manifest,
-        "index": served.info,
+        "index": index_info,
         "format": 1,
-        "files": {name: {"sha256": sha256_hex(data), "bytes": len(data)} for name, data in files.items()},
+        "files": {name: {"sha256": _file_sha256(into / name), "bytes": (into / name).stat().st_size} for name in names},
     }
-    files[MANIFEST_FILE] = json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8")
-    return files
+    (into / MANIFEST_FILE).write_bytes(
+        json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8")
+    )
+    return CachedFiles(into, frozenset([*names, MANIFEST_FILE]))
 
 
 @dataclass
@@ -227,7 +233,7 @@ def unpack_artifacts(files: Mapping[str, bytes], *, manifest_sha256: str | None 
         if data is None or sha256_hex(data) != manifest["files"][PROJECTION_FILE]["sha256"]:
             raise ArtifactError(f"{PROJECTION_FILE} is missing or does not match its manifest entry")
         projection = Projection.from_bytes(data)
-    index_path = _local_path(files, INDEX_FILE)
+    index_path = local_path(files, INDEX_FILE)
     index = vector_index.read_mapped(index_path) if index_path else vector_index.deserialize(files[INDEX_FILE])
     if projection is not None and projection.output_dim != index.d:
         raise ArtifactError(f"{PROJECTION_FILE} makes {projection.output_dim}-d vectors; the index holds {index.d}-d")
@@ -259,14 +265,17 @@ class CachedFiles(Mapping[str, bytes]):
         return self.folder / name if name in self._names else None
 
 
-def _local_path(files: Mapping[str, bytes], name: str) -> Path | None:
+def local_path(files: Mapping[str, bytes], name: str) -> Path | None:
+    """The file's path when `files` are in a local folder (CachedFiles), else None."""
     return files.local_path(name) if isinstance(files, CachedFiles) else None
 
 
 def _sha256_of(files: Mapping[str, bytes], name: str) -> str:
-    path = _local_path(files, name)
-    if path is None:
-        return sha256_hex(files[name])
+    path = local_path(files, name)
+    return sha256_hex(files[name]) if path is None else _file_sha256(path)
+
+
+def _file_sha256(path: Path) -> str:
     with path.open("rb") as handle:  # streamed: a million vectors are 2 GB
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
@@ -274,7 +283,7 @@ def _sha256_of(files: Mapping[str, bytes], name: str) -> str:
 def _records(files: Mapping[str, bytes], name: str) -> RecordTable:
     if name == METADATA_FILE:  # a build made before records.bin: the same columns, in memory
         return RecordTable(pack_records(json.loads(files[METADATA_FILE])))
-    path = _local_path(files, name)
+    path = local_path(files, name)
     try:
         return RecordTable.open_file(path) if path else RecordTable(files[name])
     except ValueError as exc:

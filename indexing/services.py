@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -616,16 +617,21 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, dist
         "adaptation": adaptation.entry,
     }
     step = time.perf_counter()
-    files = pack_artifacts(
-        ids=ids,
-        vectors=served,
-        metadata=records,
-        manifest=manifest,
-        extra_files={**anomaly.files, **focus.files, **adaptation.files},
-        exact_max=settings.SIMSEARCH_EXACT_INDEX_MAX,
-        recall_target=settings.SIMSEARCH_INDEX_RECALL_TARGET,
-    )
-    artifact_store.storage_write(prefix, files)
+    # Packed on this host's disk (the data folder, not a possibly memory-backed /tmp), then
+    # streamed to storage; the folder goes either way.
+    with tempfile.TemporaryDirectory(prefix=f".pack-{build.pk}-", dir=settings.DATA_DIR) as folder:
+        files = pack_artifacts(
+            ids=ids,
+            vectors=served,
+            metadata=records,
+            manifest=manifest,
+            into=Path(folder) / "files",
+            extra_files={**anomaly.files, **focus.files, **adaptation.files},
+            exact_max=settings.SIMSEARCH_EXACT_INDEX_MAX,
+            recall_target=settings.SIMSEARCH_INDEX_RECALL_TARGET,
+        )
+        artifact_store.storage_write(prefix, files)
+        manifest_sha256 = sha256_hex(files[MANIFEST_FILE])
     timings["write_s"] = round(time.perf_counter() - step, 3)
     timings["total_s"] = round(time.perf_counter() - started, 3)
     progress(len(sources), force=True)
@@ -636,7 +642,7 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, dist
         if not IndexBuild.objects.filter(pk=build.pk, status=BuildStatus.RUNNING).update(
             status=BuildStatus.READY,
             finished_at=timezone.now(),
-            manifest_sha256=sha256_hex(files[MANIFEST_FILE]),
+            manifest_sha256=manifest_sha256,
             timings=timings,
             quality=quality,
             error="",

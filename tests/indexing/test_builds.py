@@ -44,7 +44,7 @@ def test_gallery_rows_is_one_query_whatever_the_size(django_assert_num_queries, 
     assert len(rows) == 28 and rows[0].defect_name_ko == "긁힘" and rows[0].product_code == "bracket-a"
 
 
-def test_a_build_writes_its_files_then_becomes_the_active_ready_build(any_storage, gallery):
+def test_a_build_writes_its_files_then_becomes_the_active_ready_build(settings, any_storage, gallery):
     build = build_now()
     assert build.status == BuildStatus.READY and build.is_active, build.error
     assert (build.vector_count, build.embedded_count, build.reused_count) == (6, 6, 0)
@@ -63,6 +63,8 @@ def test_a_build_writes_its_files_then_becomes_the_active_ready_build(any_storag
     assert build.timings["total_s"] >= build.timings["embed_s"]
     loaded = served()
     assert loaded is not None and loaded.build_id == build.pk and loaded.size == 6
+    # The files were packed on local disk, streamed to storage, and the packing folder is gone.
+    assert not list(settings.DATA_DIR.glob(".pack-*"))
 
 
 def test_incremental_rebuilds_embed_only_what_changed(product, scratch):

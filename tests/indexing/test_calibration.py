@@ -177,7 +177,7 @@ def test_nothing_to_learn_from_is_no_calibration():
     assert calibrate_records(VECTORS, records, engine="v2", image_type="defect") is None  # no defect types
 
 
-def test_the_calibration_travels_in_the_manifest_and_old_builds_have_none():
+def test_the_calibration_travels_in_the_manifest_and_old_builds_have_none(tmp_path):
     records = [
         {"image_id": i + 1, "defect_code": label, "product_code": "p", "sha256": sha}
         for i, (label, sha) in enumerate(zip(LABELS, HASHES, strict=True))
@@ -189,7 +189,11 @@ def test_the_calibration_travels_in_the_manifest_and_old_builds_have_none():
 
     def loaded(manifest: dict):  # type: ignore[no-untyped-def]
         files = pack_artifacts(
-            ids=np.arange(1, 5), vectors=VECTORS, metadata=records, manifest={"build_id": 1, **manifest}
+            ids=np.arange(1, 5),
+            vectors=VECTORS,
+            metadata=records,
+            manifest={"build_id": 1, **manifest},
+            into=tmp_path / f"build-{len(list(tmp_path.iterdir()))}",
         )
         return unpack_artifacts(files)
 

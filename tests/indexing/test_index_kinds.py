@@ -58,7 +58,7 @@ def exact_top(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -
     return [i for i, _ in vector_index.search(flat, query, k)]
 
 
-def test_the_index_kind_follows_the_gallery_size() -> None:
+def test_the_index_kind_follows_the_gallery_size(tmp_path: Path) -> None:
     vectors, which = clustered(2000)
     ids = np.arange(10, 2010)
     for exact_max, kind in ((2000, "flat"), (1999, "ivf")):
@@ -68,6 +68,7 @@ def test_the_index_kind_follows_the_gallery_size() -> None:
             metadata=records_for(ids, which),
             manifest={"build_id": 1, "model_fingerprint": "fp"},
             exact_max=exact_max,
+            into=tmp_path / kind,
         )
         entry = json.loads(files[MANIFEST_FILE])["index"]
         loaded = unpack_artifacts(files)
@@ -211,9 +212,10 @@ def test_memory_mapped_loading_from_the_local_cache_gives_the_in_memory_results(
             metadata=records_for(ids, which),
             manifest={"build_id": build_id, "model_fingerprint": "fp"},
             exact_max=exact_max,
+            into=tmp_path / f"packed-{build_id}",
         )
         pinned = sha256_hex(files[MANIFEST_FILE])
-        in_memory = unpack_artifacts(files, manifest_sha256=pinned)
+        in_memory = unpack_artifacts(dict(files), manifest_sha256=pinned)
         artifact_store.cache_put(build_id, files)
         cached = artifact_store.cache_get(build_id)
         mapped = unpack_artifacts(cached, manifest_sha256=pinned)
@@ -234,7 +236,11 @@ def test_an_altered_file_in_the_local_cache_is_refused(settings, tmp_path: Path)
     vectors, which = clustered(300)
     ids = np.arange(300)
     files = pack_artifacts(
-        ids=ids, vectors=vectors, metadata=records_for(ids, which), manifest={"build_id": 3, "model_fingerprint": "fp"}
+        ids=ids,
+        vectors=vectors,
+        metadata=records_for(ids, which),
+        manifest={"build_id": 3, "model_fingerprint": "fp"},
+        into=tmp_path / "packed",
     )
     artifact_store.cache_put(3, files)
     for name in (INDEX_FILE, RECORDS_FILE):
@@ -301,11 +307,17 @@ def test_compact_records_give_the_same_records_filters_and_duplicates() -> None:
         assert compact.ids_with_hash(sha) == plain.ids_with_hash(sha)
 
 
-def test_a_build_made_before_records_bin_still_loads() -> None:
+def test_a_build_made_before_records_bin_still_loads(tmp_path: Path) -> None:
     vectors, which = clustered(50)
     ids = np.arange(50)
-    files = pack_artifacts(
-        ids=ids, vectors=vectors, metadata=records_for(ids, which), manifest={"build_id": 4, "model_fingerprint": "fp"}
+    files = dict(
+        pack_artifacts(
+            ids=ids,
+            vectors=vectors,
+            metadata=records_for(ids, which),
+            manifest={"build_id": 4, "model_fingerprint": "fp"},
+            into=tmp_path / "packed",
+        )
     )
     manifest = json.loads(files.pop(MANIFEST_FILE))
     del manifest["files"][RECORDS_FILE], files[RECORDS_FILE]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,12 +42,17 @@ def test_filtered_search_still_returns_k_hits_when_enough_match() -> None:
     assert len(vector_index.search(index, vectors[3], 500)) == 200
 
 
-def test_artifacts_round_trip_and_keep_korean_readable() -> None:
+def test_artifacts_round_trip_and_keep_korean_readable(tmp_path: Path) -> None:
     vectors = unit_vectors(3)
     records = [{"image_id": i, "defect_name": "긁힘", "product_code": "p", "defect_code": "d"} for i in (4, 5, 6)]
     files = pack_artifacts(
-        ids=np.array([4, 5, 6]), vectors=vectors, metadata=records, manifest={"build_id": 9, "model_fingerprint": "fp"}
+        ids=np.array([4, 5, 6]),
+        vectors=vectors,
+        metadata=records,
+        manifest={"build_id": 9, "model_fingerprint": "fp"},
+        into=tmp_path / "build",
     )
+    assert sorted(path.name for path in (tmp_path / "build").iterdir()) == sorted(files)  # written there
     assert "긁힘".encode() in files[METADATA_FILE]
     manifest = json.loads(files[MANIFEST_FILE])
     assert manifest["files"][INDEX_FILE]["sha256"] == sha256_hex(files[INDEX_FILE])
@@ -58,12 +64,15 @@ def test_artifacts_round_trip_and_keep_korean_readable() -> None:
 
 
 @pytest.mark.parametrize("tampered", [INDEX_FILE, METADATA_FILE, MANIFEST_FILE])
-def test_altered_files_are_refused(tampered: str) -> None:
-    files = pack_artifacts(
-        ids=np.array([1]),
-        vectors=unit_vectors(1),
-        metadata=[{"image_id": 1}],
-        manifest={"build_id": 1, "model_fingerprint": "fp"},
+def test_altered_files_are_refused(tampered: str, tmp_path: Path) -> None:
+    files = dict(  # in memory, as read from storage
+        pack_artifacts(
+            ids=np.array([1]),
+            vectors=unit_vectors(1),
+            metadata=[{"image_id": 1}],
+            manifest={"build_id": 1, "model_fingerprint": "fp"},
+            into=tmp_path / "build",
+        )
     )
     pinned = sha256_hex(files[MANIFEST_FILE])
     files[tampered] = files[tampered][:-1] + bytes([files[tampered][-1] ^ 1])

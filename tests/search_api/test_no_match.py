@@ -138,7 +138,7 @@ def test_the_console_shows_match_confidence_and_a_no_match_banner(client, staff_
     assert "Match confidence" in known
 
 
-def test_each_search_mode_is_judged_by_the_calibration_of_its_own_scores():
+def test_each_search_mode_is_judged_by_the_calibration_of_its_own_scores(tmp_path):
     """Whole-image and defect-focused search score in different spaces: an answer is judged by the
     calibration of the mode that answered, and by none when the build has none for it."""
     vectors = np.array([[1, 0], [0.99, 0.14], [0, 1], [0.14, 0.99]], dtype=np.float32)
@@ -151,8 +151,9 @@ def test_each_search_mode_is_judged_by_the_calibration_of_its_own_scores():
 
     def loaded(calibrations: dict):  # type: ignore[no-untyped-def]
         manifest = {"build_id": 1, "calibration": {mode: c.to_dict() for mode, c in calibrations.items()}}
+        into = tmp_path / f"build-{len(list(tmp_path.iterdir()))}"
         return unpack_artifacts(
-            pack_artifacts(ids=np.arange(1, 5), vectors=vectors, metadata=records, manifest=manifest)
+            pack_artifacts(ids=np.arange(1, 5), vectors=vectors, metadata=records, manifest=manifest, into=into)
         )
 
     both = loaded({MODE_WHOLE: whole, MODE_DEFECT_REGION: region})
