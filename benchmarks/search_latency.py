@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,11 +34,9 @@ from benchmarks.common import Row, Table, part_photo, setup_django
 def install_index(vectors: int, dim: int, fingerprint: str, embedder) -> int:  # type: ignore[no-untyped-def]
     """An active build of `vectors` random unit vectors (flat search cost does not depend on
     their content), written and registered the way a real build is."""
-    from django.conf import settings
     from django.utils import timezone
 
     from indexing import artifact_store
-    from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
     from indexing.models import IndexBuild
 
     rng = np.random.default_rng(0)
@@ -75,10 +72,9 @@ def install_index(vectors: int, dim: int, fingerprint: str, embedder) -> int:  #
         "created_at": timezone.now().isoformat(),
     }
     prefix = f"index-builds/v2/defect/bench-{build.pk}"
-    with tempfile.TemporaryDirectory(dir=settings.DATA_DIR) as folder:
-        files = pack_artifacts(ids=ids, vectors=matrix, metadata=records, manifest=manifest, into=Path(folder) / "f")
-        artifact_store.storage_write(prefix, files)
-        manifest_sha256 = sha256_hex(files[MANIFEST_FILE])
+    manifest_sha256 = artifact_store.pack_to_storage(
+        prefix, ids=ids, vectors=matrix, metadata=records, manifest=manifest
+    )
     IndexBuild.objects.filter(pk=build.pk).update(
         status="ready",
         artifact_prefix=prefix,

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile, File
@@ -24,6 +25,7 @@ from indexing.artifacts import (
     SERVING_EXTRAS,
     CachedFiles,
     local_path,
+    pack_artifacts,
     sha256_hex,
 )
 
@@ -43,6 +45,16 @@ def storage_write(prefix: str, files: Mapping[str, bytes]) -> None:
                 saved = default_storage.save(key, File(handle, name=name))
         if saved != key:
             raise RuntimeError(f"storage renamed {key} to {saved}; the build prefix was not empty")
+
+
+def pack_to_storage(prefix: str, **pack: Any) -> str:
+    """pack_artifacts(**pack) into a temporary folder on this host's disk (in the data folder, not
+    a possibly memory-backed /tmp), streamed to storage under `prefix` (storage_write); the
+    folder goes either way. Returns the manifest's sha256, which the build row pins."""
+    with tempfile.TemporaryDirectory(prefix=".pack-", dir=settings.DATA_DIR) as folder:
+        files = pack_artifacts(into=Path(folder) / "files", **pack)
+        storage_write(prefix, files)
+        return sha256_hex(files[MANIFEST_FILE])
 
 
 def serving_names(manifest_bytes: bytes) -> list[str]:

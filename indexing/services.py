@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from indexing import artifact_store
 from indexing.adaptation import PROJECTION_FILE, Projection, fit_adaptation
 from indexing.anomaly import AnomalyModel, PatchFeatureExtractor, auroc, fit_anomaly_model
 from indexing.anomaly import score as anomaly_score
-from indexing.artifacts import MANIFEST_FILE, pack_artifacts, sha256_hex
+from indexing.artifacts import sha256_hex
 from indexing.calibration import calibrate_build
 from indexing.embedder import Embedder, ImageDecodeError
 from indexing.focus import FOCUS_FILE, FOCUS_PATCHES, DefectRegion, FocusDescriptors, defect_region
@@ -617,21 +616,16 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, dist
         "adaptation": adaptation.entry,
     }
     step = time.perf_counter()
-    # Packed on this host's disk (the data folder, not a possibly memory-backed /tmp), then
-    # streamed to storage; the folder goes either way.
-    with tempfile.TemporaryDirectory(prefix=f".pack-{build.pk}-", dir=settings.DATA_DIR) as folder:
-        files = pack_artifacts(
-            ids=ids,
-            vectors=served,
-            metadata=records,
-            manifest=manifest,
-            into=Path(folder) / "files",
-            extra_files={**anomaly.files, **focus.files, **adaptation.files},
-            exact_max=settings.SIMSEARCH_EXACT_INDEX_MAX,
-            recall_target=settings.SIMSEARCH_INDEX_RECALL_TARGET,
-        )
-        artifact_store.storage_write(prefix, files)
-        manifest_sha256 = sha256_hex(files[MANIFEST_FILE])
+    manifest_sha256 = artifact_store.pack_to_storage(
+        prefix,
+        ids=ids,
+        vectors=served,
+        metadata=records,
+        manifest=manifest,
+        extra_files={**anomaly.files, **focus.files, **adaptation.files},
+        exact_max=settings.SIMSEARCH_EXACT_INDEX_MAX,
+        recall_target=settings.SIMSEARCH_INDEX_RECALL_TARGET,
+    )
     timings["write_s"] = round(time.perf_counter() - step, 3)
     timings["total_s"] = round(time.perf_counter() - started, 3)
     progress(len(sources), force=True)
