@@ -47,6 +47,20 @@ def wait_until(predicate: Callable[[], T], timeout: float = 120, interval: float
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def warm_queue_worker(folder: str, workers: int) -> int:
+    """A task for a real qcluster: load this worker process's embedder, mark the folder with its
+    pid, and wait until `workers` processes have done so. Queued once per worker, it leaves every
+    worker of the cluster holding a loaded model (a busy worker takes no second task). Returns the pid."""
+    import os
+
+    from indexing.runtime import current_embedder
+
+    current_embedder()
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    wait_until(lambda: len(os.listdir(folder)) >= workers, timeout=60, interval=0.05)
+    return os.getpid()
+
+
 def build_folders(image_type: str = "defect", engine: str = "v2") -> set[str]:
     """The build folders holding files in the configured storage for one index (the last part of
     each build's artifact_prefix): what builds have left there."""

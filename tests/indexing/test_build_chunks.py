@@ -104,7 +104,15 @@ def test_a_rebuild_is_shared_by_the_workers_of_a_real_qcluster(transactional_db,
     IndexBuild.objects.filter(pk=build.pk).delete()
     with running_qcluster(tmp_path / "qcluster.log", SIMSEARCH_BUILD_CHUNK_SIZE="2", SIMSEARCH_QUEUE_WORKERS="2"):
         from django.db import transaction
+        from django_q.tasks import async_task
 
+        # Both workers load their model first: otherwise the build's own worker may embed all 24
+        # small chunks before the other has loaded one (seen: 1 run in 8).
+        warm = tmp_path / "warm"
+        warm.mkdir()
+        for _ in range(2):
+            async_task("tests.helpers.warm_queue_worker", str(warm), 2)
+        wait_until(lambda: len(list(warm.iterdir())) == 2, timeout=90)
         with transaction.atomic():
             (build,) = index_build_request(index_type="defect")
         wait_until(
