@@ -14,17 +14,20 @@ import torch
 import torchvision
 from PIL import Image
 
+from indexing import anomaly as anomaly_module
 from indexing.anomaly import (
     AnomalyModel,
     IncompatibleAnomalyModel,
     PatchFeatureExtractor,
     anomaly_map_png16,
     auroc,
+    colorize,
     fit_anomaly_model,
     greedy_coreset,
     heatmap_png,
     overlay_png,
     photo_size,
+    result_pngs,
     score,
 )
 from indexing.embedder import WeightsUnavailable
@@ -215,6 +218,35 @@ def test_raw_map_png_is_16_bit_at_the_photo_size_with_the_documented_scale(
         assert img.mode == "RGB" and img.size == PHOTO_SIZE
     with Image.open(io.BytesIO(overlay_png(photo, result.anomaly_map, model.map_scale, max_side=80))) as img:
         assert img.mode == "RGB" and img.size == (80, 64)
+
+
+def test_colorize_looks_up_the_colour_map_within_one_level_of_interpolating_it() -> None:
+    values = np.linspace(-0.5, 2.5, 30_000, dtype=np.float32).reshape(3, -1)  # beyond both ends too
+    stops = anomaly_module._COLORMAP_STOPS
+    clipped = np.clip(values / 2.0, 0.0, 1.0)
+    exact = np.stack([np.interp(clipped, stops[:, 0], stops[:, c]) for c in (1, 2, 3)], axis=-1) * 255.0
+    colours = colorize(values, 2.0)
+    assert colours.dtype == np.uint8 and colours.shape == (*values.shape, 3)
+    assert np.abs(colours.astype(np.float64) - exact).max() <= 1.0
+    assert colours[0, 0].tolist() == [0, 0, 128] and colours[-1, -1].tolist() == [128, 0, 0]
+
+
+def test_a_checks_three_files_are_rendered_together_each_by_its_own_function_with_fast_compression(
+    extractor: PatchFeatureExtractor, model: AnomalyModel
+) -> None:
+    photo, _ = part_photo(9, defect=True)
+    result = score(model, extractor.extract([photo])[0], size=photo_size(photo))
+    files = result_pngs(photo, result.anomaly_map, model.map_scale)
+    assert files == {
+        "heatmap.png": heatmap_png(result.anomaly_map, model.map_scale),
+        "overlay.png": overlay_png(photo, result.anomaly_map, model.map_scale),
+        "anomaly_map.png": anomaly_map_png16(result.anomaly_map, model.map_scale),
+    }
+    for data in files.values():
+        # The zlib header of the first IDAT chunk: FLEVEL 0 is "fastest" (level 1); Pillow's
+        # default (6) writes 2. Level 6 took 4x as long for a 2048x1536 photo's map.
+        start = data.index(b"IDAT") + 4
+        assert data[start] & 0x0F == 8 and data[start + 1] >> 6 == 0
 
 
 def test_calibration_keeps_every_training_normal_at_or_below_the_threshold(
