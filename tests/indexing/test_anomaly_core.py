@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -247,6 +248,22 @@ def test_a_checks_three_files_are_rendered_together_each_by_its_own_function_wit
         # default (6) writes 2. Level 6 took 4x as long for a 2048x1536 photo's map.
         start = data.index(b"IDAT") + 4
         assert data[start] & 0x0F == 8 and data[start + 1] >> 6 == 0
+
+
+def test_scoring_searches_a_graph_of_the_bank_and_finds_the_exact_nearest_patches(
+    extractor: PatchFeatureExtractor, normals: np.ndarray
+) -> None:
+    # Every patch kept (1,536 rows): a bank where a narrow search beam misses neighbours.
+    model = fit_anomaly_model(
+        normals, feature_fingerprint=extractor.fingerprint, input_size=INPUT_SIZE, coreset_ratio=1.0
+    )
+    assert isinstance(model.patch_index, faiss.IndexHNSWFlat) and model.patch_index.ntotal == 1536
+    bank = model.features.astype(np.float32)
+    for seed in (20, 21):
+        features = extractor.extract([part_photo(seed, defect=seed == 21)[0]])[0]
+        squared, _ = faiss.knn(features.reshape(-1, model.dim), bank, 1)  # brute force
+        result = score(model, features)
+        assert np.allclose(result.patch_scores.ravel(), np.sqrt(np.maximum(squared[:, 0], 0)), rtol=1e-4, atol=1e-4)
 
 
 def test_calibration_keeps_every_training_normal_at_or_below_the_threshold(
