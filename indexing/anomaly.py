@@ -739,7 +739,8 @@ def colorize(anomaly_map: np.ndarray, scale: float) -> np.ndarray:
     """uint8 [h, w, 3] jet-like colours of clip(map / scale, 0, 1)."""
     values = normalized_map(anomaly_map, scale)
     levels = len(_COLORMAP_LUT) - 1
-    return np.take(_COLORMAP_LUT, (values * np.float32(levels) + np.float32(0.5)).astype(np.uint16), axis=0)
+    indices = (values * np.float32(levels) + np.float32(0.5)).astype(np.uint16)
+    return np.take(_COLORMAP_LUT, indices, axis=0, mode="clip")  # clip: a NaN cast to an index stays in range
 
 
 # zlib level 1 instead of Pillow's 6: for a 2048x1536 photo the 16-bit map took 470 ms at level 6
