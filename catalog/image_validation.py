@@ -63,8 +63,9 @@ def inspect_image_bytes(
     `smallest_scale`: decode a JPEG at its smallest DCT scale (1/8). Every coefficient is still
     entropy-decoded, which is where truncated and corrupt data show (the same files are refused),
     without the full-size inverse DCT and colour conversion: the whole inspection took 7-10 ms
-    instead of 13-15 for a 2048x1536 photo. For query photos, which the models read at small scales anyway; catalog
-    uploads, whose full-size pixels are served and previewed, are decoded at full size."""
+    instead of 13-15 for a 2048x1536 photo. For query photos, which the models read at small
+    scales anyway; catalog uploads, whose full-size pixels are served and previewed, are decoded
+    at full size."""
     if not data:
         raise InvalidImage("empty", gettext_noop("The file is empty."))
     if len(data) > max_bytes:

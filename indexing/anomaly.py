@@ -20,8 +20,8 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
   exact one; measured on the benchmark's features it gave the exact distances (within float
   rounding) at a fraction of the brute-force time, which grows with the bank: 73 ms per photo for
   a 9,728-row bank (100 normal photos) and 161 ms at the 16,384-row cap, against 11 and 14 ms.
-  The patch map is upsampled to `input_size` and smoothed
-  with a Gaussian (sigma 4 px at that size, as PatchCore); image score = the peak of that smoothed
+  The patch map is upsampled to `input_size` and smoothed with a Gaussian (sigma 4 px at that
+  size, as PatchCore); image score = the peak of that smoothed
   map (PatchCore takes the largest raw patch distance: the smoothed peak measured 0.01-0.04 higher
   image AUROC here, and it is the value the heatmap shows). The map returned is then resized to
   the photo's size.

@@ -156,14 +156,14 @@ class QueryBatcher:
                 if len(vectors) != len(batch):
                     raise RuntimeError(f"the forward pass returned {len(vectors)} rows for {len(batch)} queries")
             except BaseException as exc:
-                self._embedding = False
                 for query in batch:
                     query.error = exc
                     query.done.set()
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            self._embedding = False
+            finally:
+                self._embedding = False
             for row, query in enumerate(batch):
                 query.vector = vectors[row : row + 1].copy()
                 query.done.set()
