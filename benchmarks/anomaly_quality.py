@@ -405,7 +405,7 @@ class Costs:
 def measure_costs(datasets: list[Dataset], *, queries: int, repeats: int = 3) -> Costs:
     """Anomaly work against the similarity work it sits beside, interleaved pair by pair so that
     load from other processes on this machine affects both alike."""
-    from indexing.anomaly import PatchFeatureExtractor, fit_anomaly_model, photo_size, result_pngs, score
+    from indexing.anomaly import PatchFeatureExtractor, fit_anomaly_model, result_pngs, score
     from indexing.embedder import UNTRAINED, Embedder
     from indexing.vector_index import build_index, search
 
@@ -431,7 +431,7 @@ def measure_costs(datasets: list[Dataset], *, queries: int, repeats: int = 3) ->
 
     def check(model, photo: bytes) -> float:  # type: ignore[no-untyped-def]
         start = time.perf_counter()
-        result = score(model, extractor.extract([photo])[0], size=photo_size(photo))
+        result = score(model, extractor.extract([photo])[0])  # as the service: result_pngs resizes
         result_pngs(photo, result.anomaly_map, model.map_scale)
         return time.perf_counter() - start
 

@@ -91,6 +91,7 @@ from PIL import Image
 from torch.fx.experimental.optimization import fuse
 
 from indexing.embedder import UNTRAINED, ImageDecodeError, WeightsUnavailable, _sha256_file
+from indexing.png import encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +135,13 @@ def photo_size(photo: PhotoInput) -> tuple[int, int]:
         return img.size
 
 
-def decode_photo(data: bytes, *, min_side: int) -> Image.Image:
-    """RGB image; large JPEGs are decoded at reduced scale (DCT draft, at least `min_side` on each
-    side), which is most of the cost of a factory photo. Callers validate uploads first
-    (catalog.image_validation); this only decodes."""
+def decode_photo(data: bytes, *, at_least: tuple[int, int]) -> Image.Image:
+    """RGB image; large JPEGs are decoded at reduced scale (DCT draft, still at least
+    at_least=(width, height)), which is most of the cost of a factory photo. Callers validate
+    uploads first (catalog.image_validation); this only decodes."""
     with Image.open(io.BytesIO(data)) as img:
         if img.format == "JPEG":
-            img.draft("RGB", (min_side, min_side))
+            img.draft("RGB", at_least)
         return img.convert("RGB")
 
 
@@ -272,7 +273,7 @@ class PatchFeatureExtractor:
         if isinstance(photo, Image.Image):
             img = photo.convert("RGB")
         else:
-            img = decode_photo(photo, min_side=2 * self.input_size)
+            img = decode_photo(photo, at_least=(2 * self.input_size, 2 * self.input_size))
         img = img.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -651,12 +652,14 @@ def smooth_map(patch_scores: np.ndarray, *, input_size: int) -> np.ndarray:
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The map resized (bilinear) to size=(width, height); values stay within the map's range."""
+    """The map resized (bilinear, pixel centres aligned) to size=(width, height); values stay within
+    the map's range. Pillow's 32-bit float images: one core, without the GIL, so the three images
+    of a check resize side by side (torch's interpolate gives the same values up to float
+    rounding, but in threads its intra-op workers fought over the cores: 40 ms more per check)."""
     if (anomaly_map.shape[1], anomaly_map.shape[0]) == tuple(size):
         return anomaly_map
-    grid = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
-    resized = torch.nn.functional.interpolate(grid, size=(size[1], size[0]), mode="bilinear", align_corners=False)
-    return resized[0, 0].numpy()
+    grid = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32), mode="F")
+    return np.asarray(grid.resize(tuple(size), Image.Resampling.BILINEAR))
 
 
 def score(
@@ -743,17 +746,6 @@ def colorize(anomaly_map: np.ndarray, scale: float) -> np.ndarray:
     return np.take(_COLORMAP_LUT, indices, axis=0, mode="clip")  # clip: a NaN cast to an index stays in range
 
 
-# zlib level 1 instead of Pillow's 6: for a 2048x1536 photo the 16-bit map took 470 ms at level 6
-# and 110 ms at 1 (files about 30% larger: 1.9 MB instead of 1.5), the overlay 370 ms and 85 ms.
-PNG_COMPRESS_LEVEL = 1
-
-
-def _png(img: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
-
-
 def _display_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     width, height = size
     if max_side is None or max(width, height) <= max_side:
@@ -762,51 +754,72 @@ def _display_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def heatmap_png(anomaly_map: np.ndarray, scale: float, *, max_side: int | None = 1024) -> bytes:
-    """Colour-mapped PNG of the map (no larger than `max_side` on its long side)."""
-    height, width = anomaly_map.shape
-    size = _display_size((width, height), max_side)
-    return _png(Image.fromarray(colorize(resize_map(anomaly_map, size), scale)))
+def heatmap_pixels(
+    anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None, max_side: int | None = 1024
+) -> np.ndarray:
+    """uint8 [h, w, 3]: the colour-mapped map at size=(width, height) (default: the map's own),
+    made no larger than `max_side` on its long side."""
+    if size is None:
+        size = (anomaly_map.shape[1], anomaly_map.shape[0])
+    return colorize(resize_map(anomaly_map, _display_size(size, max_side)), scale)
+
+
+def overlay_pixels(
+    photo: PhotoInput, anomaly_map: np.ndarray, scale: float, *, alpha: float = 0.45, max_side: int | None = 1024
+) -> np.ndarray:
+    """uint8 [h, w, 3]: the heatmap blended over the photo (`alpha` = heatmap weight), at the
+    photo's aspect and no larger than `max_side`."""
+    size = _display_size(photo_size(photo), max_side)
+    if isinstance(photo, Image.Image):
+        img = photo.convert("RGB")
+    else:
+        img = decode_photo(photo, at_least=size)
+    base = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    colours = colorize(resize_map(anomaly_map, size), scale).astype(np.float32)
+    blended = (1.0 - alpha) * base + alpha * colours
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def anomaly_map_pixels(anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None) -> np.ndarray:
+    """uint16 [h, w]: round(clip(distance / scale, 0, 1) * 65535) at size=(width, height) (default:
+    the map's own size, which `score(..., size=photo_size(photo))` makes the photo's)."""
+    if size is not None:
+        anomaly_map = resize_map(anomaly_map, size)
+    return np.round(normalized_map(anomaly_map, scale) * 65535.0).astype(np.uint16)
+
+
+def heatmap_png(
+    anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None, max_side: int | None = 1024
+) -> bytes:
+    """PNG of `heatmap_pixels`."""
+    return encode_png(heatmap_pixels(anomaly_map, scale, size=size, max_side=max_side))
 
 
 def overlay_png(
     photo: PhotoInput, anomaly_map: np.ndarray, scale: float, *, alpha: float = 0.45, max_side: int | None = 1024
 ) -> bytes:
-    """The heatmap blended over the photo (`alpha` = heatmap weight), at the photo's aspect and no
-    larger than `max_side`."""
-    full_size = photo_size(photo)
-    size = _display_size(full_size, max_side)
-    if isinstance(photo, Image.Image):
-        img = photo.convert("RGB")
-    else:
-        img = decode_photo(photo, min_side=max(size))
-    base = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    colours = colorize(resize_map(anomaly_map, size), scale).astype(np.float32)
-    blended = (1.0 - alpha) * base + alpha * colours
-    return _png(Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8)))
+    """PNG of `overlay_pixels`."""
+    return encode_png(overlay_pixels(photo, anomaly_map, scale, alpha=alpha, max_side=max_side))
 
 
 def anomaly_map_png16(anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None) -> bytes:
-    """16-bit greyscale PNG (mode I;16) of the map at size=(width, height) (default: the map's own
-    size, which `score(..., size=photo_size(photo))` makes the photo's). Pixel value =
-    round(clip(distance / scale, 0, 1) * 65535), scale = the product's AnomalyModel.map_scale,
-    so distance = pixel / 65535 * scale (saturating at `scale`)."""
-    if size is not None:
-        anomaly_map = resize_map(anomaly_map, size)
-    values = np.round(normalized_map(anomaly_map, scale) * 65535.0).astype(np.uint16)
-    return _png(Image.fromarray(values))
+    """16-bit greyscale PNG of `anomaly_map_pixels`. Pixel value = round(clip(distance / scale,
+    0, 1) * 65535), scale = the product's AnomalyModel.map_scale, so distance = pixel / 65535 *
+    scale (saturating at `scale`)."""
+    return encode_png(anomaly_map_pixels(anomaly_map, scale, size=size))
 
 
 def result_pngs(photo: PhotoInput, anomaly_map: np.ndarray, scale: float) -> dict[str, bytes]:
-    """The three files of one check, {"heatmap.png", "overlay.png", "anomaly_map.png"}, from
-    heatmap_png, overlay_png and anomaly_map_png16 (map at the photo's size), rendered at once in
-    threads: Pillow lets go of the GIL while it compresses, so they share the cores (2048x1536
-    photo, 2 cores: the three compressions took 120 ms instead of 230 one after the other)."""
+    """The three files of one check, {"heatmap.png", "overlay.png", "anomaly_map.png"}, from a map
+    of any size (score's own, at the model's input size, is the cheapest): the same bytes as
+    heatmap_png and overlay_png at the photo's aspect, and anomaly_map_png16 at the photo's size,
+    write. Rendered side by side in threads (Pillow, numpy and ISA-L let go of the GIL)."""
+    size = photo_size(photo)
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="anomaly-png") as pool:
         futures = {
-            "heatmap.png": pool.submit(heatmap_png, anomaly_map, scale),
+            "heatmap.png": pool.submit(heatmap_png, anomaly_map, scale, size=size),
             "overlay.png": pool.submit(overlay_png, photo, anomaly_map, scale),
-            "anomaly_map.png": pool.submit(anomaly_map_png16, anomaly_map, scale),
+            "anomaly_map.png": pool.submit(anomaly_map_png16, anomaly_map, scale, size=size),
         }
         return {name: future.result() for name, future in futures.items()}
 

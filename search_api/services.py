@@ -28,7 +28,7 @@ from catalog.selectors import defect_type_get_by_code, image_list_visible_to, pr
 from catalog.services import image_inspect
 from catalog.storage import delete_prefix, read_stored
 from catalog.storage_urls import RefusedStorageUrl, storage_key_from_url
-from indexing.anomaly import PatchFeatureExtractor, photo_size, result_pngs
+from indexing.anomaly import PatchFeatureExtractor, result_pngs
 from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import LoadedIndex
 from indexing.calibration import MODE_WHOLE, MatchAssessment
@@ -518,7 +518,7 @@ def anomaly_check(*, query: AnomalyInput, user: Any) -> AnomalyOutcome:
     except Exception as exc:  # validated upstream; a decoder can still refuse odd files
         raise undecodable_query(exc) from exc
     threshold = product.anomaly_threshold if product.anomaly_threshold is not None else model.threshold
-    checked = anomaly_score(model, features, size=photo_size(image), threshold=threshold)
+    checked = anomaly_score(model, features, threshold=threshold)  # map at the model's input size
     expires_at = timezone.now() + timedelta(seconds=settings.SIMSEARCH_RESULT_TTL_SECONDS)
     keys = _anomaly_results_write(expires_at, result_pngs(image, checked.anomaly_map, model.map_scale))
     nearest = loaded.records.get(checked.nearest_normal_id)
