@@ -652,14 +652,12 @@ def smooth_map(patch_scores: np.ndarray, *, input_size: int) -> np.ndarray:
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The map resized (bilinear, pixel centres aligned) to size=(width, height); values stay within
-    the map's range. Pillow's 32-bit float images: one core, without the GIL, so the three images
-    of a check resize side by side (torch's interpolate gives the same values up to float
-    rounding, but in threads its intra-op workers fought over the cores: 40 ms more per check)."""
+    """The map resized (bilinear) to size=(width, height); values stay within the map's range."""
     if (anomaly_map.shape[1], anomaly_map.shape[0]) == tuple(size):
         return anomaly_map
-    grid = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32), mode="F")
-    return np.asarray(grid.resize(tuple(size), Image.Resampling.BILINEAR))
+    grid = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
+    resized = torch.nn.functional.interpolate(grid, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return resized[0, 0].numpy()
 
 
 def score(
