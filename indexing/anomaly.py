@@ -288,8 +288,11 @@ class PatchFeatureExtractor:
             features = torch.cat([f2, f3], dim=1).permute(0, 2, 3, 1).contiguous()  # [b, h, w, c]
             if self.feature_dim:
                 b, h, w, c = features.shape
-                features = torch.nn.functional.adaptive_avg_pool1d(features.reshape(-1, 1, c), self.feature_dim)
-                features = features.reshape(b, h, w, self.feature_dim)
+                if c % self.feature_dim == 0:  # adaptive pooling's bins are then runs of c // dim channels
+                    features = features.reshape(b, h, w, self.feature_dim, c // self.feature_dim).mean(dim=-1)
+                else:
+                    features = torch.nn.functional.adaptive_avg_pool1d(features.reshape(-1, 1, c), self.feature_dim)
+                    features = features.reshape(b, h, w, self.feature_dim)
         return features.float().cpu().numpy()
 
     def extract(self, photos: Sequence[PhotoInput], *, batch_size: int = 8) -> np.ndarray:

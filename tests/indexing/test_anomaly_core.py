@@ -199,6 +199,18 @@ def test_fingerprint_is_stable_for_untrained_weights_and_names_a_checkpoint(
             PatchFeatureExtractor(weights=str(bad), input_size=INPUT_SIZE)
 
 
+@pytest.mark.parametrize("feature_dim", [192, 100])
+def test_features_keep_feature_dim_channels_averaged_over_adjacent_ones(feature_dim: int) -> None:
+    # 384 channels (layer2 + layer3) into 192: pairs, a plain mean; into 100: adaptive pooling's
+    # uneven, overlapping bins. Either way what adaptive_avg_pool1d computes.
+    photos = [part_photo(seed)[0] for seed in (30, 31)]
+    full = PatchFeatureExtractor(input_size=INPUT_SIZE, feature_dim=None).extract(photos)
+    reduced = PatchFeatureExtractor(input_size=INPUT_SIZE, feature_dim=feature_dim).extract(photos)
+    expected = torch.nn.functional.adaptive_avg_pool1d(torch.from_numpy(full).reshape(-1, 1, 384), feature_dim)
+    assert reduced.shape == (*full.shape[:3], feature_dim)
+    assert np.allclose(reduced, expected.reshape(reduced.shape).numpy(), atol=1e-5)
+
+
 def test_raw_map_png_is_16_bit_at_the_photo_size_with_the_documented_scale(
     extractor: PatchFeatureExtractor, model: AnomalyModel
 ) -> None:
