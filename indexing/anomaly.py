@@ -723,7 +723,8 @@ def normalized_map(anomaly_map: np.ndarray, scale: float) -> np.ndarray:
     """clip(map / scale, 0, 1): the one mapping from distances to display and PNG values."""
     if not scale > 0:
         raise ValueError(f"map scale must be positive, not {scale}")
-    return np.clip(np.asarray(anomaly_map, dtype=np.float32) / np.float32(scale), 0.0, 1.0)
+    values = np.asarray(anomaly_map, dtype=np.float32) / np.float32(scale)  # a new array: clipped in place
+    return np.clip(values, 0.0, 1.0, out=values)
 
 
 def _colormap_lut(levels: int) -> np.ndarray:
@@ -784,9 +785,10 @@ def overlay_pixels(
 def anomaly_map_pixels(anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None) -> np.ndarray:
     """uint16 [h, w]: round(clip(distance / scale, 0, 1) * 65535) at size=(width, height) (default:
     the map's own size, which `score(..., size=photo_size(photo))` makes the photo's)."""
-    if size is not None:
-        anomaly_map = resize_map(anomaly_map, size)
-    return np.round(normalized_map(anomaly_map, scale) * 65535.0).astype(np.uint16)
+    # In place after the first copy: at the 60-megapixel upload limit each float32 copy is 240 MB.
+    values = normalized_map(anomaly_map if size is None else resize_map(anomaly_map, size), scale)
+    values *= np.float32(65535.0)
+    return np.rint(values, out=values).astype(np.uint16)
 
 
 def heatmap_png(
