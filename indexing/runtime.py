@@ -45,7 +45,7 @@ def current_embedder() -> Embedder:
     return embedder
 
 
-_extractors: dict[tuple[str, str, int, str], PatchFeatureExtractor] = {}
+_extractors: dict[tuple[str, str, int, str, str], PatchFeatureExtractor] = {}
 _extractors_lock = threading.Lock()
 
 
@@ -57,6 +57,7 @@ def current_patch_extractor() -> PatchFeatureExtractor:
         settings.SIMSEARCH_ANOMALY_WEIGHTS,
         settings.SIMSEARCH_ANOMALY_INPUT_SIZE,
         device,
+        settings.SIMSEARCH_ANOMALY_PRECISION,
     )
     with _extractors_lock:
         if key not in _extractors:
@@ -66,6 +67,7 @@ def current_patch_extractor() -> PatchFeatureExtractor:
                 input_size=key[2],
                 device=device,
                 threads=settings.SIMSEARCH_TORCH_THREADS or None,
+                precision=key[4],
             )
         extractor = _extractors[key]
     require_weights_sha256(

@@ -298,6 +298,13 @@ SIMSEARCH_ANOMALY_WEIGHTS = env_str("SIMSEARCH_ANOMALY_WEIGHTS", "untrained")
 # When set, the weights file must have this sha256 (checked at load: a wrong copy is refused).
 SIMSEARCH_ANOMALY_WEIGHTS_SHA256 = env_str("SIMSEARCH_ANOMALY_WEIGHTS_SHA256", "")
 SIMSEARCH_ANOMALY_INPUT_SIZE = env_int("SIMSEARCH_ANOMALY_INPUT_SIZE", 256)
+# The ResNet's arithmetic on the CPU: "auto" (bfloat16 where the CPU has AMX, else float32),
+# "float32" or "bfloat16" (indexing.anomaly.PatchFeatureExtractor).
+SIMSEARCH_ANOMALY_PRECISION = env_str("SIMSEARCH_ANOMALY_PRECISION", "auto")
+if SIMSEARCH_ANOMALY_PRECISION not in ("auto", "float32", "bfloat16"):
+    raise ImproperlyConfigured(
+        f"SIMSEARCH_ANOMALY_PRECISION must be auto, float32 or bfloat16, not {SIMSEARCH_ANOMALY_PRECISION!r}."
+    )
 SIMSEARCH_ANOMALY_MAX_NORMALS = env_int("SIMSEARCH_ANOMALY_MAX_NORMALS", 200)
 SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS = env_int("SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS", 100)
 SIMSEARCH_RESULT_PREFIX = env_str("SIMSEARCH_RESULT_PREFIX", "anomaly-results")

@@ -78,6 +78,7 @@ def test_unknown_storage_and_bad_booleans_are_rejected(tmp_path: Path) -> None:
     base = {"SIMSEARCH_DATA_DIR": str(tmp_path), "DJANGO_DEBUG": "true"}
     assert "SIMSEARCH_STORAGE" in manage("check", env={**base, "SIMSEARCH_STORAGE": "ftp"}).stderr
     assert "DJANGO_DEBUG" in manage("check", env={**base, "DJANGO_DEBUG": "maybe"}).stderr
+    assert "SIMSEARCH_ANOMALY_PRECISION" in manage("check", env={**base, "SIMSEARCH_ANOMALY_PRECISION": "fp16"}).stderr
 
 
 RESOLVE_EACH_FIRST = """

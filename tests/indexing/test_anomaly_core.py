@@ -211,6 +211,25 @@ def test_features_keep_feature_dim_channels_averaged_over_adjacent_ones(feature_
     assert np.allclose(reduced, expected.reshape(reduced.shape).numpy(), atol=1e-5)
 
 
+def test_bfloat16_features_stay_within_a_percent_of_float32_under_the_same_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    photos = [part_photo(seed, defect=seed == 33)[0] for seed in (32, 33)]
+    exact = PatchFeatureExtractor(input_size=INPUT_SIZE, precision="float32")
+    fast = PatchFeatureExtractor(input_size=INPUT_SIZE, precision="bfloat16")
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
+    assert fast.fingerprint == exact.fingerprint  # models fitted on either kind of host serve on both
+    reference, features = exact.extract(photos), fast.extract(photos)
+    assert not np.array_equal(features, reference)  # really computed in bfloat16
+    assert np.abs(features - reference).mean() / np.abs(reference).mean() < 0.01
+
+    for has_amx, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(anomaly_module, "bfloat16_is_fast", lambda has_amx=has_amx: has_amx)
+        assert PatchFeatureExtractor(input_size=INPUT_SIZE).precision == expected
+    with pytest.raises(ValueError, match="precision"):
+        PatchFeatureExtractor(input_size=INPUT_SIZE, precision="float16")
+
+
 def test_raw_map_png_is_16_bit_at_the_photo_size_with_the_documented_scale(
     extractor: PatchFeatureExtractor, model: AnomalyModel
 ) -> None:
