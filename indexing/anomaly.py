@@ -65,7 +65,9 @@ only the seed), so a torch/torchvision change that draws different numbers gives
 fingerprint instead of a silently different model. The coreset and projections use fixed seeds.
 The scoring graph is built in each serving process, with FAISS inserting in parallel, so two
 processes' graphs can link differently; the distances they find matched the exact ones on the
-benchmark, so processes agree up to float rounding.
+benchmark, so processes agree up to float rounding, and up to about 1% of a feature between a
+host that computes features in bfloat16 (CPUs with AMX, `PatchFeatureExtractor.precision`) and
+one in float32.
 
 Heavy: create one `PatchFeatureExtractor` per process, after fork, like the CLIP embedder."""
 
