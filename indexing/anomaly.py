@@ -796,19 +796,16 @@ def heatmap_pixels(
     return colorize(resize_map(anomaly_map, _display_size(size, max_side)), scale)
 
 
-def overlay_pixels(
-    photo: PhotoInput, anomaly_map: np.ndarray, scale: float, *, alpha: float = 0.45, max_side: int | None = 1024
-) -> np.ndarray:
-    """uint8 [h, w, 3]: the heatmap blended over the photo (`alpha` = heatmap weight), at the
-    photo's aspect and no larger than `max_side`."""
-    size = _display_size(photo_size(photo), max_side)
+def overlay_pixels(photo: PhotoInput, heatmap: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
+    """uint8 [h, w, 3]: `heatmap` (heatmap_pixels at the photo's size) blended over the photo at
+    the heatmap's size (`alpha` = heatmap weight)."""
+    size = (heatmap.shape[1], heatmap.shape[0])
     if isinstance(photo, Image.Image):
         img = photo.convert("RGB")
     else:
         img = decode_photo(photo, at_least=size)
     base = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    colours = colorize(resize_map(anomaly_map, size), scale).astype(np.float32)
-    blended = (1.0 - alpha) * base + alpha * colours
+    blended = (1.0 - alpha) * base + alpha * heatmap.astype(np.float32)
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -831,8 +828,10 @@ def heatmap_png(
 def overlay_png(
     photo: PhotoInput, anomaly_map: np.ndarray, scale: float, *, alpha: float = 0.45, max_side: int | None = 1024
 ) -> bytes:
-    """PNG of `overlay_pixels`."""
-    return encode_png(overlay_pixels(photo, anomaly_map, scale, alpha=alpha, max_side=max_side))
+    """PNG of the map's heatmap blended over the photo (`overlay_pixels`), at the photo's aspect
+    and no larger than `max_side`."""
+    heatmap = heatmap_pixels(anomaly_map, scale, size=photo_size(photo), max_side=max_side)
+    return encode_png(overlay_pixels(photo, heatmap, alpha=alpha))
 
 
 def anomaly_map_png16(anomaly_map: np.ndarray, scale: float, *, size: tuple[int, int] | None = None) -> bytes:
@@ -846,15 +845,15 @@ def result_pngs(photo: PhotoInput, anomaly_map: np.ndarray, scale: float) -> dic
     """The three files of one check, {"heatmap.png", "overlay.png", "anomaly_map.png"}, from a map
     of any size (score's own, at the model's input size, is the cheapest): the same bytes as
     heatmap_png and overlay_png at the photo's aspect, and anomaly_map_png16 at the photo's size,
-    write. Rendered side by side in threads (Pillow, numpy and ISA-L let go of the GIL)."""
+    write. The heatmap's pixels are made once for both files; the rest is rendered side by side in
+    threads (Pillow, numpy and ISA-L let go of the GIL)."""
     size = photo_size(photo)
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="anomaly-png") as pool:
-        futures = {
-            "heatmap.png": pool.submit(heatmap_png, anomaly_map, scale, size=size),
-            "overlay.png": pool.submit(overlay_png, photo, anomaly_map, scale),
-            "anomaly_map.png": pool.submit(anomaly_map_png16, anomaly_map, scale, size=size),
-        }
-        return {name: future.result() for name, future in futures.items()}
+        raw_map = pool.submit(anomaly_map_png16, anomaly_map, scale, size=size)
+        heatmap = heatmap_pixels(anomaly_map, scale, size=size)
+        coloured = pool.submit(encode_png, heatmap)
+        overlay = pool.submit(lambda: encode_png(overlay_pixels(photo, heatmap)))
+        return {"heatmap.png": coloured.result(), "overlay.png": overlay.result(), "anomaly_map.png": raw_map.result()}
 
 
 # -- evaluation ----------------------------------------------------------------------------------
