@@ -223,8 +223,8 @@ def test_bfloat16_features_stay_within_a_percent_of_float32_under_the_same_finge
     assert not np.array_equal(features, reference)  # really computed in bfloat16
     assert np.abs(features - reference).mean() / np.abs(reference).mean() < 0.01
 
-    for has_amx, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(anomaly_module, "bfloat16_is_fast", lambda has_amx=has_amx: has_amx)
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(anomaly_module, "bfloat16_is_fast", lambda native=native: native)
         assert PatchFeatureExtractor(input_size=INPUT_SIZE).precision == expected
     with pytest.raises(ValueError, match="precision"):
         PatchFeatureExtractor(input_size=INPUT_SIZE, precision="float16")
@@ -380,3 +380,12 @@ def test_smooth_map_is_bilinear_upsampling_then_a_reflected_gaussian(grid):
     smoothed = smooth_map(patch_scores, input_size=96)
     assert smoothed.shape == (96, 96) and smoothed.dtype == np.float32
     np.testing.assert_allclose(smoothed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_counts_as_fast_on_amx_or_avx512_bf16_cpus_only(monkeypatch):
+    """AMX (Intel Sapphire Rapids on) and AVX512-BF16 (AMD Zen 4) compute bfloat16 natively;
+    elsewhere oneDNN emulates it, slower than float32."""
+    for amx, avx512_bf16, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert anomaly_module.bfloat16_is_fast() is expected
