@@ -101,12 +101,18 @@ class ProductAdmin(admin.ModelAdmin):
                 "None in the active normal index: a product needs %(needs)s normal images, then a rebuild "
                 "of the normal index."
             ) % {"needs": settings.SIMSEARCH_ANOMALY_MIN_NORMALS}
-        auroc = (
-            gettext("image AUROC %(auroc).3f on %(count)s defect images")
-            % {"auroc": model.image_auroc, "count": model.defect_count}
-            if model.image_auroc is not None
-            else gettext("no defect images to evaluate it on")
-        )
+        if model.image_auroc is not None:
+            auroc = gettext("image AUROC %(auroc).3f on %(count)s defect images") % {
+                "auroc": model.image_auroc,
+                "count": model.defect_count,
+            }
+        elif model.defect_count and not model.eval_set_sha256:
+            auroc = gettext(
+                "its image AUROC on %(count)s defect images is measured just after the build goes live; "
+                "if it stays empty, the next build measures it"
+            ) % {"count": model.defect_count}
+        else:
+            auroc = gettext("no defect images to evaluate it on")
         return gettext(
             "Calibrated threshold %(threshold).4f from %(count)s normal images (build %(build)s); %(auroc)s."
         ) % {"threshold": model.threshold, "count": model.normal_count, "build": model.build_id, "auroc": auroc}

@@ -197,7 +197,10 @@ class ProductAnomalyModel(models.Model):
         _("image AUROC"),
         null=True,
         blank=True,
-        help_text=_("The product's defect images against its normal images (leave-one-out); empty without defects."),
+        help_text=_(
+            "The product's defect images against its normal images (leave-one-out), measured just after the "
+            "build goes live; empty without defects."
+        ),
     )
     defect_count = models.PositiveIntegerField(_("defect images evaluated"), default=0)
     normal_set_sha256 = models.CharField(

@@ -452,8 +452,9 @@ def index_build_run(
     *, build_id: int, on_progress: Callable[[int, int], None] | None = None, distributed: bool = False
 ) -> IndexBuild:
     """Build one queued index. On success it is written completely, then marked ready and
-    activated in one transaction, and builds beyond SIMSEARCH_KEEP_BUILDS are pruned; on any
-    failure it is marked failed, its files are removed, and the active build keeps serving.
+    activated in one transaction, builds beyond SIMSEARCH_KEEP_BUILDS are pruned, and then the
+    image AUROC of its new anomaly models is measured (_anomaly_models_evaluate); on any
+    failure before activation it is marked failed, its files are removed, and the active build keeps serving.
     `on_progress(done, total)` is for a progress bar. `distributed` (the task queue's builds):
     more than SIMSEARCH_BUILD_CHUNK_SIZE images to embed are split into chunks that every
     qcluster worker on the broker may take (`_embed_in_chunks`)."""
@@ -465,7 +466,7 @@ def index_build_run(
         logger.warning("Build %s is %s, not queued; not running it again", build_id, build.status)
         return build
     try:
-        _run(build, on_progress, distributed)
+        to_evaluate = _run(build, on_progress, distributed)
     except Exception as exc:
         logger.exception("Index build %s failed", build_id)
         _fail(build, _describe(exc))
@@ -474,11 +475,13 @@ def index_build_run(
             builds_prune(image_type=build.image_type, engine=build.engine)
         except Exception:  # the new build serves; the next build prunes again
             logger.exception("Pruning old builds after build %s failed", build_id)
+        _anomaly_models_evaluate(build, to_evaluate)
     build.refresh_from_db()
     return build
 
 
-def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, distributed: bool) -> None:
+def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, distributed: bool) -> list[_AurocToMeasure]:
+    """Build, publish and activate; returns the anomaly models whose AUROC is still to measure."""
     timings: dict[str, Any] = {}
     started = time.perf_counter()
     embedder = current_embedder()
@@ -656,9 +659,20 @@ def _run(build: IndexBuild, on_progress: Callable[[int, int], None] | None, dist
         missing_count,
         timings["total_s"],
     )
+    return anomaly.to_evaluate
 
 
 # --- anomaly models (a normal build's per-product artifacts) ------------------------------------
+
+
+@dataclass(frozen=True)
+class _AurocToMeasure:
+    """A model whose image AUROC is measured once its build serves (_anomaly_models_evaluate)."""
+
+    product_id: int
+    model: AnomalyModel
+    defect_files: list[tuple[str, str]]  # (sha256, storage name)
+    eval_set: str
 
 
 @dataclass
@@ -666,6 +680,7 @@ class AnomalyModels:
     files: dict[str, bytes] = field(default_factory=dict)  # artifact name -> .npz
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # product code -> manifest entry
     rows: list[dict[str, Any]] = field(default_factory=list)  # ProductAnomalyModel fields
+    to_evaluate: list[_AurocToMeasure] = field(default_factory=list)
 
 
 def anomaly_file_name(product_code: str) -> str:
@@ -686,8 +701,9 @@ def _spread(items: list[Any], limit: int) -> list[Any]:
 def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
     """Per product with at least SIMSEARCH_ANOMALY_MIN_NORMALS distinct normal pictures: a memory
     bank of their patch features and a leave-one-out threshold, reused from an earlier build when
-    the product's normal pictures and the feature model are the same, and its image AUROC on the
-    product's defect images."""
+    the product's normal pictures and the feature model are the same. Its image AUROC on the
+    product's defect images is carried over from that build when the defect pictures are the same
+    too, else left to _anomaly_models_evaluate (`to_evaluate`), after the build goes live."""
     extractor = current_patch_extractor()
     by_product: dict[str, dict[str, GallerySource]] = {}
     for source in kept:
@@ -706,12 +722,13 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
         defect_files = _spread(sorted(defects.get(code, {}).items()), settings.SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS)
         eval_set = _set_hash(normal_set, [sha for sha, _ in defect_files])
         previous = _reusable_anomaly_model(products[code], normal_set)
-        reused_from = None
+        reused_from, evaluated, auroc_value = None, not defect_files, None
         if previous is not None:
             data, row = previous
             model = AnomalyModel.from_bytes(data)
             reused_from = row.build_id
-            auroc_value = row.image_auroc if row.eval_set_sha256 == eval_set else _anomaly_auroc(model, defect_files)
+            if row.eval_set_sha256 == eval_set:
+                evaluated, auroc_value = True, row.image_auroc
         else:
             # A chunk of photos at a time: only their features stay, not every file's bytes.
             features = np.concatenate(
@@ -728,7 +745,8 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
             )
             del features
             data = model.to_bytes()
-            auroc_value = _anomaly_auroc(model, defect_files)
+        if not evaluated:
+            result.to_evaluate.append(_AurocToMeasure(products[code], model, defect_files, eval_set))
         name = anomaly_file_name(code)
         sha = sha256_hex(data)
         result.files[name] = data
@@ -738,8 +756,7 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
             "normal_count": model.normal_count,
             "threshold": model.threshold,
             "map_scale": model.map_scale,
-            "image_auroc": auroc_value,
-            "defect_count": len(defect_files),
+            "defect_count": len(defect_files),  # its image AUROC is on the build's record (measured after)
             "feature_fingerprint": extractor.fingerprint,
             "backbone": extractor.backbone,
             "is_untrained": extractor.is_untrained,
@@ -756,7 +773,7 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
                 "image_auroc": auroc_value,
                 "defect_count": len(defect_files),
                 "normal_set_sha256": normal_set,
-                "eval_set_sha256": eval_set,
+                "eval_set_sha256": eval_set if evaluated else "",  # "": to be measured
                 "reused_from_id": reused_from,
                 "fit_seconds": round(time.perf_counter() - started, 3),
             }
@@ -790,6 +807,32 @@ def _anomaly_model_file(row: ProductAnomalyModel, build: IndexBuild) -> bytes:
     if sha256_hex(data) != row.sha256:
         raise ValueError(f"{row.file_name} of build {build.pk} does not match its build record")
     return data
+
+
+def _anomaly_models_evaluate(build: IndexBuild, to_evaluate: list[_AurocToMeasure]) -> None:
+    """The image AUROC of the anomaly models a normal build fitted (or reused under other defect
+    pictures), measured once the build serves: scoring the defect photos costs about as much as
+    fitting the models, and neither serving nor the next build of the task waits for the figure.
+    One that fails stays empty (eval_set_sha256 ""), and the next build that reuses the model
+    measures it; so does a worker killed meanwhile."""
+    if not to_evaluate:
+        return
+    started = time.perf_counter()
+    for item in to_evaluate:
+        try:
+            value = _anomaly_auroc(item.model, item.defect_files)
+        except Exception:
+            logger.exception(
+                "Measuring the anomaly model AUROC of product %s (build %s) failed", item.product_id, build.pk
+            )
+            continue
+        ProductAnomalyModel.objects.filter(build_id=build.pk, product_id=item.product_id).update(
+            image_auroc=value, eval_set_sha256=item.eval_set
+        )
+    timings = IndexBuild.objects.get(pk=build.pk).timings
+    IndexBuild.objects.filter(pk=build.pk).update(
+        timings={**timings, "anomaly_eval_s": round(time.perf_counter() - started, 3)}
+    )
 
 
 def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> float | None:

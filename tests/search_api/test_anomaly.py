@@ -71,6 +71,67 @@ def test_defect_images_that_no_longer_read_or_decode_are_left_out_of_the_catalog
     assert row.defect_count == 3 and row.image_auroc == 1.0  # the remaining dark disc against six normals
 
 
+def _bracket_with_defects(product):  # type: ignore[no-untyped-def]
+    dent = DefectType.objects.create(defect_code="dent", defect_name_ko="찍힘", defect_name_en="Dent")
+    for seed in range(6):
+        image_create(data=surface_photo(seed), image_type=ImageType.NORMAL, product=product)
+    for seed in range(3):
+        image_create(
+            data=surface_photo(100 + seed, defect=True), image_type=ImageType.DEFECT, product=product, defect_type=dent
+        )
+
+
+def test_the_catalog_auroc_is_measured_once_the_build_serves(product, monkeypatch):
+    """Scoring the defect photos costs about as much as fitting the models: the build goes live
+    first, then the figure is written on its record, timed apart from the build."""
+    from indexing import services
+    from indexing.models import IndexBuild
+
+    _bracket_with_defects(product)
+    seen = []
+    measure = services._anomaly_auroc
+
+    def observed(model, defect_files):  # type: ignore[no-untyped-def]
+        build = IndexBuild.objects.get(image_type="normal")
+        seen.append((build.status, build.is_active, ProductAnomalyModel.objects.get(build=build).image_auroc))
+        return measure(model, defect_files)
+
+    monkeypatch.setattr(services, "_anomaly_auroc", observed)
+    build = build_now("normal")
+    assert seen == [("ready", True, None)]
+    (row,) = ProductAnomalyModel.objects.filter(build=build)
+    assert row.image_auroc == 1.0 and row.eval_set_sha256
+    assert build.timings["anomaly_eval_s"] > 0
+
+
+def test_a_failed_auroc_measurement_leaves_the_build_serving_and_the_next_build_measures_it(
+    product, monkeypatch, admin_client
+):
+    from django.urls import reverse
+
+    from indexing import services
+
+    _bracket_with_defects(product)
+
+    def broken(model, defect_files):  # type: ignore[no-untyped-def]
+        raise OSError("storage went away")
+
+    monkeypatch.setattr(services, "_anomaly_auroc", broken)
+    first = build_now("normal")
+    assert first.status == "ready" and first.is_active
+    row = ProductAnomalyModel.objects.get(build=first)
+    assert row.image_auroc is None and row.eval_set_sha256 == "" and row.defect_count == 3
+    page = admin_client.get(reverse("admin:catalog_product_change", args=[product.pk])).content.decode()
+    assert "measured just after the build goes live" in page
+
+    monkeypatch.undo()
+    second = build_now("normal")
+    again = ProductAnomalyModel.objects.get(build=second)
+    assert again.reused_from_id == first.pk and again.image_auroc == 1.0
+    page = admin_client.get(reverse("admin:catalog_product_change", args=[product.pk])).content.decode()
+    assert "image AUROC 1.000 on 3 defect images" in page
+
+
 def detect(client, **fields):  # type: ignore[no-untyped-def]
     if "image" in fields:
         fields["image"] = SimpleUploadedFile("photo.png", fields["image"])
