@@ -8,11 +8,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from django.conf import settings
@@ -55,7 +56,10 @@ CHUNK_ATTEMPTS = 3  # a chunk that failed this often fails its build
 CHUNK_POLL_SECONDS = 0.5
 CACHE_LOOKUP_CHUNK = 500
 REQUEST_ATTEMPTS = 5
-ANOMALY_READ_CHUNK = 16
+ANOMALY_READ_CHUNK = 16  # photos read ahead and held at once by the anomaly steps
+ANOMALY_READ_THREADS = 8  # their object reads in flight at once (storage round trips, not CPU)
+
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -731,12 +735,14 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
                 evaluated, auroc_value = True, row.image_auroc
         else:
             # A chunk of photos at a time: only their features stay, not every file's bytes.
-            features = np.concatenate(
-                [
-                    extractor.extract([s.read() for s in normals[start : start + ANOMALY_READ_CHUNK]])
-                    for start in range(0, len(normals), ANOMALY_READ_CHUNK)
-                ]
-            )
+            chunks = []
+            for chunk in _read_ahead(normals, lambda source: source.read()):
+                for _, photo in chunk:
+                    if isinstance(photo, Exception):  # gone since it was embedded: the build fails, serving goes on
+                        raise photo
+                chunks.append(extractor.extract([photo for _, photo in chunk]))
+            features = np.concatenate(chunks)
+            del chunks
             model = fit_anomaly_model(
                 features,
                 feature_fingerprint=extractor.fingerprint,
@@ -844,29 +850,57 @@ def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> 
         return None
     extractor = current_patch_extractor()
     defect_scores = []
-    for start in range(0, len(defect_files), ANOMALY_READ_CHUNK):  # features a chunk at a time, in batches
+    for chunk in _read_ahead([name for _, name in defect_files], read_object):
         photos = []
-        for _, name in defect_files[start : start + ANOMALY_READ_CHUNK]:
-            try:
-                photos.append(read_object(name))
-            except Exception:
-                logger.warning("Anomaly evaluation skipped %s", name, exc_info=True)
-        defect_scores += [anomaly_score(model, features).score for features in _decodable_features(extractor, photos)]
+        for name, photo in chunk:
+            if isinstance(photo, Exception):
+                logger.warning("Anomaly evaluation skipped %s: %s", name, safe_reason(photo))
+            else:
+                photos.append(photo)
+        defect_scores += [anomaly_score(model, f).score for f in _patch_features(extractor, photos) if f is not None]
     if not defect_scores:
         return None
     labels = [False] * len(normal_scores) + [True] * len(defect_scores)
     return round(auroc(labels, [*normal_scores.tolist(), *defect_scores]), 4)
 
 
-def _decodable_features(extractor: PatchFeatureExtractor, photos: list[bytes]) -> Sequence[np.ndarray]:
-    """Patch features of the photos that decode; one that does not is logged and left out."""
-    while photos:
+def _read_ahead(items: Sequence[Item], read: Callable[[Item], bytes]) -> Iterator[list[tuple[Item, bytes | Exception]]]:
+    """(item, read(item)) for every item, ANOMALY_READ_CHUNK at a time and in order; each chunk is
+    read in threads while the caller works on the one before, so object-storage round trips (one
+    GET per photo on S3) overlap with each other and with feature extraction instead of adding
+    up. An exception of `read` comes back in place of the bytes."""
+
+    def attempt(item: Item) -> bytes | Exception:
         try:
-            return extractor.extract(photos)
+            return read(item)
+        except Exception as exc:
+            return exc
+
+    chunks = [items[start : start + ANOMALY_READ_CHUNK] for start in range(0, len(items), ANOMALY_READ_CHUNK)]
+    with ThreadPoolExecutor(max_workers=ANOMALY_READ_THREADS, thread_name_prefix="anomaly-read") as pool:
+        ahead = pool.map(attempt, chunks[0]) if chunks else iter(())  # map submits every read at once
+        for number, chunk in enumerate(chunks):
+            current = ahead
+            if number + 1 < len(chunks):
+                ahead = pool.map(attempt, chunks[number + 1])
+            yield list(zip(chunk, current, strict=True))
+
+
+def _patch_features(extractor: PatchFeatureExtractor, photos: list[bytes]) -> list[np.ndarray | None]:
+    """Patch features of each photo, in batches; None for one that does not decode (logged)."""
+    features: list[np.ndarray | None] = [None] * len(photos)
+    positions = list(range(len(photos)))
+    while positions:
+        try:
+            extracted = extractor.extract([photos[i] for i in positions])
         except ImageDecodeError as exc:
-            logger.warning("Anomaly evaluation skipped an undecodable defect image: %s", exc)
-            photos = photos[: exc.index] + photos[exc.index + 1 :]
-    return []
+            logger.warning("Skipped an undecodable image for anomaly features: %s", exc)
+            del positions[exc.index]
+            continue
+        for position, value in zip(positions, extracted, strict=True):
+            features[position] = value
+        break
+    return features
 
 
 # --- defect-region descriptors (a defect build's focus search, indexing/focus.py) ----------------
@@ -909,14 +943,22 @@ def _focus_descriptors(kept: list[GallerySource]) -> FocusArtifacts:
             logger.warning("Focus search: no usable anomaly model for %s (%s)", code, safe_reason(exc))
             continue
         by_hash: dict[str, DefectRegion | None] = {}
+        first_of_hash: dict[str, GallerySource] = {}  # a picture catalogued twice is described once
         for source in by_product[code]:
-            if source.sha256 in by_hash:  # the same picture catalogued twice: described once
-                continue
-            try:
-                by_hash[source.sha256] = defect_region(model, extractor.extract([source.read()])[0])
-            except Exception:  # gone or undecodable since the embedding pass: whole-image only
-                logger.warning("Focus search skipped image %s", source.image_id, exc_info=True)
-                by_hash[source.sha256] = None
+            first_of_hash.setdefault(source.sha256, source)
+        for chunk in _read_ahead(list(first_of_hash.values()), lambda source: source.read()):
+            readable = [(source, photo) for source, photo in chunk if not isinstance(photo, Exception)]
+            for source, photo in chunk:
+                if isinstance(photo, Exception):  # gone since the embedding pass: whole-image only
+                    logger.warning("Focus search skipped image %s: %s", source.image_id, safe_reason(photo))
+                    by_hash[source.sha256] = None
+            features = _patch_features(extractor, [photo for _, photo in readable])
+            for (source, _), value in zip(readable, features, strict=True):
+                try:
+                    by_hash[source.sha256] = None if value is None else defect_region(model, value)
+                except Exception:
+                    logger.warning("Focus search skipped image %s", source.image_id, exc_info=True)
+                    by_hash[source.sha256] = None
         described = [(s.image_id, by_hash.get(s.sha256)) for s in by_product[code]]
         described = [(image_id, region) for image_id, region in described if region is not None]
         if not described:
