@@ -457,8 +457,9 @@ def index_build_run(
 ) -> IndexBuild:
     """Build one queued index. On success it is written completely, then marked ready and
     activated in one transaction, builds beyond SIMSEARCH_KEEP_BUILDS are pruned, and then the
-    image AUROC of its new anomaly models is measured (_anomaly_models_evaluate); on any
-    failure before activation it is marked failed, its files are removed, and the active build keeps serving.
+    image AUROC of its new anomaly models is measured (_anomaly_models_evaluate). On any failure
+    before activation it is marked failed, its files are removed, and the active build keeps
+    serving.
     `on_progress(done, total)` is for a progress bar. `distributed` (the task queue's builds):
     more than SIMSEARCH_BUILD_CHUNK_SIZE images to embed are split into chunks that every
     qcluster worker on the broker may take (`_embed_in_chunks`)."""
@@ -479,7 +480,10 @@ def index_build_run(
             builds_prune(image_type=build.image_type, engine=build.engine)
         except Exception:  # the new build serves; the next build prunes again
             logger.exception("Pruning old builds after build %s failed", build_id)
-        _anomaly_models_evaluate(build, to_evaluate)
+        try:
+            _anomaly_models_evaluate(build, to_evaluate)
+        except Exception:  # the new build serves; its AUROC stays empty and the next build measures it
+            logger.exception("Measuring the anomaly models' AUROC after build %s failed", build_id)
     build.refresh_from_db()
     return build
 
@@ -674,7 +678,7 @@ class _AurocToMeasure:
     """A model whose image AUROC is measured once its build serves (_anomaly_models_evaluate)."""
 
     product_id: int
-    model: AnomalyModel
+    model_file: bytes  # the .npz the build wrote (the same bytes, not a copy): one model in memory at a time
     defect_files: list[tuple[str, str]]  # (sha256, storage name)
     eval_set: str
 
@@ -752,7 +756,7 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
             del features
             data = model.to_bytes()
         if not evaluated:
-            result.to_evaluate.append(_AurocToMeasure(products[code], model, defect_files, eval_set))
+            result.to_evaluate.append(_AurocToMeasure(products[code], data, defect_files, eval_set))
         name = anomaly_file_name(code)
         sha = sha256_hex(data)
         result.files[name] = data
@@ -826,7 +830,7 @@ def _anomaly_models_evaluate(build: IndexBuild, to_evaluate: list[_AurocToMeasur
     started = time.perf_counter()
     for item in to_evaluate:
         try:
-            value = _anomaly_auroc(item.model, item.defect_files)
+            value = _anomaly_auroc(AnomalyModel.from_bytes(item.model_file), item.defect_files)
         except Exception:
             logger.exception(
                 "Measuring the anomaly model AUROC of product %s (build %s) failed", item.product_id, build.pk
