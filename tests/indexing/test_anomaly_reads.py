@@ -55,5 +55,9 @@ def test_patch_features_leave_out_only_the_photos_that_do_not_decode(settings):
     photos = [surface_photo(1), b"not a photo", surface_photo(2), b"\xff\xd8 broken jpeg", surface_photo(3)]
     features = services._patch_features(extractor, photos)
     assert [f is None for f in features] == [False, True, False, True, False]
-    alone = extractor.extract([photos[2]])[0]
-    assert features[2].shape == alone.shape and abs(features[2] - alone).max() < 1e-4
+    alone = extractor.extract([photos[2]])[0]  # in its place: photo 2's features, not a neighbour's
+
+    def off(a, b):  # type: ignore[no-untyped-def]
+        return float(abs(a - b).mean() / abs(b).mean())
+
+    assert features[2].shape == alone.shape and off(features[2], alone) < 0.01 < off(features[0], alone)
