@@ -56,7 +56,7 @@ CHUNK_ATTEMPTS = 3  # a chunk that failed this often fails its build
 CHUNK_POLL_SECONDS = 0.5
 CACHE_LOOKUP_CHUNK = 500
 REQUEST_ATTEMPTS = 5
-ANOMALY_READ_CHUNK = 16  # photos read ahead and held at once by the anomaly steps
+ANOMALY_READ_CHUNK = 16  # photos the anomaly steps read and extract together (two chunks held at once)
 ANOMALY_READ_THREADS = 8  # their object reads in flight at once (storage round trips, not CPU)
 
 Item = TypeVar("Item")
@@ -484,7 +484,10 @@ def index_build_run(
             _anomaly_models_evaluate(build, to_evaluate)
         except Exception:  # the new build serves; its AUROC stays empty and the next build measures it
             logger.exception("Measuring the anomaly models' AUROC after build %s failed", build_id)
-    build.refresh_from_db()
+    try:
+        build.refresh_from_db()
+    except IndexBuild.DoesNotExist:  # pruned meanwhile by a newer build of the same type
+        logger.info("Build %s was pruned by a newer build before it finished measuring", build_id)
     return build
 
 
@@ -822,9 +825,9 @@ def _anomaly_model_file(row: ProductAnomalyModel, build: IndexBuild) -> bytes:
 def _anomaly_models_evaluate(build: IndexBuild, to_evaluate: list[_AurocToMeasure]) -> None:
     """The image AUROC of the anomaly models a normal build fitted (or reused under other defect
     pictures), measured once the build serves: scoring the defect photos costs about as much as
-    fitting the models, and neither serving nor the next build of the task waits for the figure.
-    One that fails stays empty (eval_set_sha256 ""), and the next build that reuses the model
-    measures it; so does a worker killed meanwhile."""
+    fitting the models, and serving does not wait for the figure (the task's next build, if any,
+    does). One that fails stays empty (eval_set_sha256 ""), and the next build that reuses the
+    model measures it; so does a worker killed meanwhile."""
     if not to_evaluate:
         return
     started = time.perf_counter()
@@ -848,20 +851,28 @@ def _anomaly_models_evaluate(build: IndexBuild, to_evaluate: list[_AurocToMeasur
 def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> float | None:
     """Image AUROC: the product's defect images (scored against the model) against its normal
     images' leave-one-out scores. None without defect images. Files gone or undecodable since
-    upload are left out of the figure."""
+    upload are left out of the figure; any other read error (storage down, a timeout) is raised,
+    so that the figure is measured again later instead of kept from part of the photos."""
     normal_scores = model.calibration_scores[np.isfinite(model.calibration_scores)]
     if not defect_files or not len(normal_scores):
         return None
     extractor = current_patch_extractor()
     defect_scores = []
     for chunk in _read_ahead([name for _, name in defect_files], read_object):
-        photos = []
+        readable = []
         for name, photo in chunk:
-            if isinstance(photo, Exception):
-                logger.warning("Anomaly evaluation skipped %s: %s", name, safe_reason(photo))
+            if isinstance(photo, FileNotFoundError):
+                logger.warning("Anomaly evaluation skipped %s: it is no longer in storage", name)
+            elif isinstance(photo, Exception):
+                raise photo
             else:
-                photos.append(photo)
-        defect_scores += [anomaly_score(model, f).score for f in _patch_features(extractor, photos) if f is not None]
+                readable.append((name, photo))
+        features = _patch_features(extractor, [photo for _, photo in readable])
+        for (name, _), value in zip(readable, features, strict=True):
+            if value is None:
+                logger.warning("Anomaly evaluation skipped %s: it does not decode", name)
+            else:
+                defect_scores.append(anomaly_score(model, value).score)
     if not defect_scores:
         return None
     labels = [False] * len(normal_scores) + [True] * len(defect_scores)
@@ -881,24 +892,27 @@ def _read_ahead(items: Sequence[Item], read: Callable[[Item], bytes]) -> Iterato
             return exc
 
     chunks = [items[start : start + ANOMALY_READ_CHUNK] for start in range(0, len(items), ANOMALY_READ_CHUNK)]
-    with ThreadPoolExecutor(max_workers=ANOMALY_READ_THREADS, thread_name_prefix="anomaly-read") as pool:
+    pool = ThreadPoolExecutor(max_workers=ANOMALY_READ_THREADS, thread_name_prefix="anomaly-read")
+    try:
         ahead = pool.map(attempt, chunks[0]) if chunks else iter(())  # map submits every read at once
         for number, chunk in enumerate(chunks):
             current = ahead
             if number + 1 < len(chunks):
                 ahead = pool.map(attempt, chunks[number + 1])
             yield list(zip(chunk, current, strict=True))
+    finally:  # a caller that stops early (an error) does not wait for the reads nobody will use
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _patch_features(extractor: PatchFeatureExtractor, photos: list[bytes]) -> list[np.ndarray | None]:
-    """Patch features of each photo, in batches; None for one that does not decode (logged)."""
+    """Patch features of each photo, in batches; None for one that does not decode (the caller,
+    who knows its name, says so)."""
     features: list[np.ndarray | None] = [None] * len(photos)
     positions = list(range(len(photos)))
     while positions:
         try:
             extracted = extractor.extract([photos[i] for i in positions])
         except ImageDecodeError as exc:
-            logger.warning("Skipped an undecodable image for anomaly features: %s", exc)
             del positions[exc.index]
             continue
         for position, value in zip(positions, extracted, strict=True):
@@ -958,11 +972,14 @@ def _focus_descriptors(kept: list[GallerySource]) -> FocusArtifacts:
                     by_hash[source.sha256] = None
             features = _patch_features(extractor, [photo for _, photo in readable])
             for (source, _), value in zip(readable, features, strict=True):
+                by_hash[source.sha256] = None
+                if value is None:
+                    logger.warning("Focus search skipped image %s: it does not decode", source.image_id)
+                    continue
                 try:
-                    by_hash[source.sha256] = None if value is None else defect_region(model, value)
+                    by_hash[source.sha256] = defect_region(model, value)
                 except Exception:
                     logger.warning("Focus search skipped image %s", source.image_id, exc_info=True)
-                    by_hash[source.sha256] = None
         described = [(s.image_id, by_hash.get(s.sha256)) for s in by_product[code]]
         described = [(image_id, region) for image_id, region in described if region is not None]
         if not described:

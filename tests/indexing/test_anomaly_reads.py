@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from indexing import services
 from indexing.runtime import current_patch_extractor
@@ -61,3 +62,22 @@ def test_patch_features_leave_out_only_the_photos_that_do_not_decode(settings):
         return float(abs(a - b).mean() / abs(b).mean())
 
     assert features[2].shape == alone.shape and off(features[2], alone) < 0.01 < off(features[0], alone)
+
+
+def test_a_caller_that_stops_early_does_not_wait_for_reads_nobody_will_use():
+    """A build that fails on the first chunk (a normal gone) closes the reader: the reads of the
+    next chunk that have not started are dropped, the running ones finish."""
+    started = []
+    lock = threading.Lock()
+
+    def read(number: int) -> bytes:
+        with lock:
+            started.append(number)
+        if number >= services.ANOMALY_READ_CHUNK:
+            time.sleep(0.2)  # a slow GET
+        return b"x"
+
+    chunks = services._read_ahead(list(range(2 * services.ANOMALY_READ_CHUNK)), read)
+    next(chunks)
+    chunks.close()
+    assert len(started) <= services.ANOMALY_READ_CHUNK + services.ANOMALY_READ_THREADS

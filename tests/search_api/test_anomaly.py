@@ -75,10 +75,12 @@ def _bracket_with_defects(product):  # type: ignore[no-untyped-def]
     dent = DefectType.objects.create(defect_code="dent", defect_name_ko="찍힘", defect_name_en="Dent")
     for seed in range(6):
         image_create(data=surface_photo(seed), image_type=ImageType.NORMAL, product=product)
-    for seed in range(3):
+    return [
         image_create(
             data=surface_photo(100 + seed, defect=True), image_type=ImageType.DEFECT, product=product, defect_type=dent
         )
+        for seed in range(3)
+    ]
 
 
 def test_the_catalog_auroc_is_measured_once_the_build_serves(product, monkeypatch):
@@ -130,6 +132,30 @@ def test_a_failed_auroc_measurement_leaves_the_build_serving_and_the_next_build_
     assert again.reused_from_id == first.pk and again.image_auroc == 1.0
     page = admin_client.get(reverse("admin:catalog_product_change", args=[product.pk])).content.decode()
     assert "image AUROC 1.000 on 3 defect images" in page
+
+
+def test_a_storage_error_while_measuring_is_not_kept_as_the_figure(product, monkeypatch):
+    """A defect photo that is gone is left out of the figure; one that storage fails to serve
+    (down, a timeout) leaves the figure to be measured again, instead of one from the others."""
+    from indexing import services
+
+    defects = _bracket_with_defects(product)
+    unreachable = defects[0].file.name
+    read = services.read_object
+
+    def flaky(name, **kwargs):  # type: ignore[no-untyped-def]
+        if name == unreachable:
+            raise ConnectionError("storage did not answer")
+        return read(name, **kwargs)
+
+    monkeypatch.setattr(services, "read_object", flaky)
+    first = build_now("normal")
+    assert first.status == "ready" and first.is_active
+    row = ProductAnomalyModel.objects.get(build=first)
+    assert row.image_auroc is None and row.eval_set_sha256 == ""
+    monkeypatch.undo()
+    again = ProductAnomalyModel.objects.get(build=build_now("normal"))
+    assert again.reused_from_id == first.pk and again.image_auroc == 1.0 and again.eval_set_sha256
 
 
 def detect(client, **fields):  # type: ignore[no-untyped-def]
@@ -250,6 +276,7 @@ def test_an_unchanged_product_reuses_its_model_and_a_changed_one_is_fitted_again
     second = build_now("normal")
     again = ProductAnomalyModel.objects.get(build=second)
     assert again.reused_from_id == first.pk and again.sha256 == old.sha256 and again.image_auroc == old.image_auroc
+    assert "anomaly_eval_s" not in second.timings  # the same defect pictures: the figure is carried over
     image_create(data=surface_photo(42), image_type=ImageType.NORMAL, product=product)
     third = build_now("normal")
     changed = ProductAnomalyModel.objects.get(build=third)
