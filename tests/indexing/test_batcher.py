@@ -117,12 +117,37 @@ def test_a_lone_query_waits_at_most_max_wait_for_company_and_only_while_queries_
 
 
 def test_an_error_in_the_forward_pass_reaches_every_caller_and_the_next_call_works() -> None:
-    forward = RecordingForward(delay=0.05)
-    forward.fail_with = RuntimeError("out of memory")
-    batcher = QueryBatcher(forward, max_batch=4, max_wait_ms=200, timeout_s=5)
-    results = at_once(4, lambda i: batcher.embed(torch.tensor(float(i))))
-    assert forward.sizes[0] == 4
+    """Four queries queue up while a first pass holds the worker, go in one pass, which fails:
+    each of the four gets the error (not only the first to arrive), and the next call works."""
+    forward = RecordingForward()
+    gate = threading.Event()
+    first_pass = forward.__call__
+
+    def held_then_failing(batch: Sequence[torch.Tensor]) -> np.ndarray:
+        if not forward.sizes:  # the first pass waits at the gate; the one after it fails
+            forward.sizes.append(len(batch))
+            gate.wait(10)
+            forward.fail_with = RuntimeError("out of memory")
+            return np.array([[float(tensor.item()), 1.0] for tensor in batch], dtype=np.float32)
+        return first_pass(batch)
+
+    batcher = QueryBatcher(held_then_failing, max_batch=4, max_wait_ms=200, timeout_s=5)
+    holder = threading.Thread(target=batcher.embed, args=(torch.tensor(99.0),))
+    holder.start()
+    results: dict[int, object] = {}
+    callers = threading.Thread(
+        target=lambda: results.update(at_once(4, lambda i: batcher.embed(torch.tensor(float(i)))))
+    )
+    callers.start()
+    deadline = time.monotonic() + 10
+    while len(batcher._pending) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    callers.join(20)
+    holder.join(20)
+    assert forward.sizes == [1, 4]
     assert all(isinstance(result, RuntimeError) and "out of memory" in str(result) for result in results.values())
+    assert len(results) == 4
     assert float(batcher.embed(torch.tensor(9.0))[0, 0]) == 9.0
 
 
