@@ -965,11 +965,13 @@ def _focus_descriptors(kept: list[GallerySource]) -> FocusArtifacts:
         for source in by_product[code]:
             first_of_hash.setdefault(source.sha256, source)
         for chunk in _read_ahead(list(first_of_hash.values()), lambda source: source.read()):
-            readable = [(source, photo) for source, photo in chunk if not isinstance(photo, Exception)]
+            readable = []
             for source, photo in chunk:
                 if isinstance(photo, Exception):  # gone since the embedding pass: whole-image only
                     logger.warning("Focus search skipped image %s: %s", source.image_id, safe_reason(photo))
                     by_hash[source.sha256] = None
+                else:
+                    readable.append((source, photo))
             features = _patch_features(extractor, [photo for _, photo in readable])
             for (source, _), value in zip(readable, features, strict=True):
                 by_hash[source.sha256] = None

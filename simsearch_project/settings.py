@@ -298,9 +298,8 @@ SIMSEARCH_ANOMALY_WEIGHTS = env_str("SIMSEARCH_ANOMALY_WEIGHTS", "untrained")
 # When set, the weights file must have this sha256 (checked at load: a wrong copy is refused).
 SIMSEARCH_ANOMALY_WEIGHTS_SHA256 = env_str("SIMSEARCH_ANOMALY_WEIGHTS_SHA256", "")
 SIMSEARCH_ANOMALY_INPUT_SIZE = env_int("SIMSEARCH_ANOMALY_INPUT_SIZE", 256)
-# The ResNet's arithmetic on the CPU: "auto" (bfloat16 where the CPU has AMX or
-# AVX512-BF16, else float32),
-# "float32" or "bfloat16" (indexing.anomaly.PatchFeatureExtractor).
+# The ResNet's arithmetic on the CPU: "auto" (bfloat16 where the CPU has AMX or AVX512-BF16,
+# else float32), "float32" or "bfloat16" (indexing.anomaly.PatchFeatureExtractor).
 SIMSEARCH_ANOMALY_PRECISION = env_str("SIMSEARCH_ANOMALY_PRECISION", "auto")
 if SIMSEARCH_ANOMALY_PRECISION not in ("auto", "float32", "bfloat16"):
     raise ImproperlyConfigured(
