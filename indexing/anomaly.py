@@ -14,13 +14,15 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
 - Memory bank: the patches of the product's normal images, subsampled by greedy k-center
   (farthest point) selection computed on a fixed random projection to `CORESET_PROJECTION_DIM`
   dimensions, stored as float16. `sources` keeps the normal image each kept patch came from.
-- Score: each query patch's Euclidean distance to its nearest bank patch, searched in an HNSW
-  graph of the float32 copy of the float16 bank (FAISS `IndexHNSWFlat`, efSearch
-  `SERVING_HNSW_EF`). Approximate, but every distance is to a real bank row, so never below the
-  exact one; measured on the benchmark's features it gave the exact distances (within float
-  rounding) at a fraction of the brute-force time, which grows with the bank: 73 ms per photo for
-  a 9,728-row bank (100 normal photos) and 161 ms at the 16,384-row cap, against 11 and 14 ms.
-  The patch map is upsampled to `input_size` and smoothed with a Gaussian (sigma 4 px at that
+- Score: each query patch's Euclidean distance to its nearest bank patch, searched exactly
+  (FAISS `IndexFlatL2` over a float32 copy of the float16 bank). Not a graph index: the image
+  score is the worst patch, so one neighbour a search misses is a false alarm. An HNSW graph
+  (M 16, efConstruction 40, efSearch 64, as before 2026-11-26) did miss on the benchmark's gear:
+  its plain background is a tight cluster of patches that the graph's links stay inside, and
+  distinctive patches (teeth) were given neighbours up to 5 units too far, twice the threshold;
+  wider settings moved the misses, not removed them. Exact search costs the bank size: 10-17 ms
+  per photo for 2,048 rows (20 normal photos), 40-85 ms for 10,240 (100), about 160 ms at the
+  16,384-row cap on 2 cores. The patch map is upsampled to `input_size` and smoothed with a Gaussian (sigma 4 px at that
   size, as PatchCore); image score = the peak of that smoothed
   map (PatchCore takes the largest raw patch distance: the smoothed peak measured 0.01-0.04 higher
   image AUROC here, and it is the value the heatmap shows). The map returned is then resized to
@@ -37,10 +39,10 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
   a good part costs more than a second look, so the maximum it is; `threshold_margin` and the
   per-product override (admin) move it. This LOO is an approximation: image i is scored against
   the coreset minus i's rows, not against a coreset recomputed without i; its scores sat in the
-  same range as held-out normals' in the benchmark. The nearest other-image row is searched in
-  an HNSW graph of the bank with i's rows excluded: approximate, but every distance it returns is
-  to a real row, so it is never below the exact one (the threshold can only err upwards); on the
-  benchmark it gave the exact maxima at a third of the time of the brute-force search.
+  same range as held-out normals' in the benchmark. The nearest other-image row is searched
+  exactly, in the bank's rows before and after i's (one run, as the bank keeps input order): a
+  graph search with i's rows excluded got lost as scoring's did and tripled the gear's threshold
+  at 100 normals (4.33 instead of 1.28), which only hides defects.
 - Map scale: `map_scale` = 2 x calibrated threshold, fixed when the model is fitted. Every
   rendering of that product's maps uses it: a map value v becomes clip(v / map_scale, 0, 1), so
   in the 16-bit PNG `pixel / 65535 * map_scale` gives back the distance (saturating at map_scale),
@@ -51,22 +53,19 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
 
 Cost (2 CPU cores; benchmarks/anomaly_quality.py): features 20-24 ms per 256 px photo (the trunk
 runs with its batch norms folded and channels-last, 1.5x faster than plain); fitting grows with
-the patch count (the coreset compares patches with patches), about 13 ms per photo for 20
-photos (coreset 7, HNSW graph 2, leave-one-out searches 4, smoothing 0.1) and 25 ms for 50 at
-the defaults; `max_bank_size` (16,384 rows, 6 MiB float16,
-plus a 12 MiB float32 copy and 2 MiB of graph links while served) caps the bank, the graph's build
-on first use (0.1-0.3 s per product and process) and, with `max_calibration_images`, the
-calibration. The caller's stack of features is
+the patch count (the coreset compares patches with patches and the leave-one-out search each
+calibrated image with the bank), about 15-20 ms per photo for 20 photos (coreset 8-10,
+leave-one-out 8, smoothing 0.1) and 40 for 100 at the defaults on an AVX2 host;
+`max_bank_size` (16,384 rows, 6 MiB float16, plus a 12 MiB float32 copy while served) caps the
+bank, the scoring time and, with `max_calibration_images`, the calibration. The caller's stack of features is
 0.8 MB per photo (float32 32x32x192): pick at most a few hundred normals per product.
 
 Determinism: untrained weights are drawn from a private generator seeded with `UNTRAINED_SEED`,
 so every process creates the same network; the fingerprint hashes the resulting parameters (not
 only the seed), so a torch/torchvision change that draws different numbers gives a different
 fingerprint instead of a silently different model. The coreset and projections use fixed seeds.
-The scoring graph is built in each serving process, with FAISS inserting in parallel, so two
-processes' graphs can link differently; the distances they find matched the exact ones on the
-benchmark, so processes agree up to float rounding, and up to about 1% of a feature between a
-host that computes features in bfloat16 (CPUs with AMX or AVX512-BF16,
+Searches are exact, so processes agree up to float rounding, and up to about 1% of a feature
+between a host that computes features in bfloat16 (CPUs with AMX or AVX512-BF16,
 `PatchFeatureExtractor.precision`) and one in float32.
 
 Heavy: create one `PatchFeatureExtractor` per process, after fork, like the CLIP embedder."""
@@ -109,14 +108,12 @@ BACKBONES: dict[str, tuple[int, int]] = {
     "wide_resnet50_2": (512, 1024),
 }
 CORESET_PROJECTION_DIM = 128
-# HNSW graphs of the bank (_bank_graph). Leave-one-out calibration searches one: the same maximum
-# LOO score as the exact search on benchmarks/anomaly_quality.py, in a third of the time (see
-# fit_anomaly_model). Scoring searches one with a wider beam (module docstring).
-BANK_HNSW_M = 16
-CALIBRATION_HNSW_EF = 32
-SERVING_HNSW_EF = 64
 GAUSSIAN_SIGMA = 4.0
 MODEL_FORMAT = "simsearch-anomaly-v1"
+# How a model is fitted from its features, beyond the parameters: part of the key under which a
+# build reuses a product's model, so a change here fits every model once more. 2: exact
+# leave-one-out calibration (1 searched a graph that could miss and raise the threshold).
+FIT_REVISION = 2
 ARRAY_NAMES = ("features", "sources", "descriptors", "calibration_scores", "normal_ids")
 
 PhotoInput = Union[bytes, Image.Image]  # noqa: UP007 - used at runtime in isinstance checks
@@ -350,41 +347,16 @@ def _l2_index(vectors: np.ndarray) -> faiss.IndexFlatL2:
     return index
 
 
-def _nearest_distances(bank: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Euclidean distance, bank row) of each query's nearest bank vector."""
-    squared, rows = _l2_index(bank).search(np.ascontiguousarray(queries, dtype=np.float32), 1)
-    return np.sqrt(np.maximum(squared[:, 0], 0.0)), rows[:, 0]
-
-
-def _bank_graph(bank: np.ndarray, *, ef_search: int) -> faiss.IndexHNSWFlat:
-    """HNSW graph over the bank (leave-one-out calibration, scoring)."""
-    graph = faiss.IndexHNSWFlat(bank.shape[1], BANK_HNSW_M)
-    graph.hnsw.efConstruction = 40
-    graph.hnsw.efSearch = ef_search
-    graph.add(np.ascontiguousarray(bank, dtype=np.float32))
-    return graph
-
-
-def _nearest_distances_excluding(
-    graph: faiss.IndexHNSWFlat, bank: np.ndarray, queries: np.ndarray, excluded: np.ndarray
-) -> np.ndarray:
-    """Distance of each query to its nearest bank row outside `excluded`, searched in `graph`.
-    The graph search is approximate, but whatever it returns is a real bank row, so a distance is
-    never below the exact one: a threshold calibrated on them can only err upwards (no more false
-    alarms than the exact search). Queries the graph answers with nothing (all candidates
-    excluded) are searched exactly."""
-    params = faiss.SearchParametersHNSW(
-        sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded.astype(np.int64))), efSearch=CALIBRATION_HNSW_EF
-    )
+def _nearest_distances_outside(bank: np.ndarray, queries: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Euclidean distance of each query to its nearest bank row outside rows [start, end), by
+    exact search over the two contiguous parts (no copy of the bank)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    squared, rows = graph.search(queries, 1, params=params)
-    distances = np.sqrt(np.maximum(squared[:, 0], 0.0))
-    missing = rows[:, 0] < 0
-    if missing.any():
-        others = np.ones(len(bank), dtype=bool)
-        others[excluded] = False
-        distances[missing], _ = _nearest_distances(bank[others], queries[missing])
-    return distances
+    squared = np.full(len(queries), np.inf, dtype=np.float32)
+    for part in (bank[:start], bank[end:]):
+        if len(part):
+            found, _ = faiss.knn(queries, part, 1)
+            np.minimum(squared, found[:, 0], out=squared)
+    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def greedy_coreset(features: np.ndarray, count: int, *, seed: int = 0, active_size: int = 4096) -> np.ndarray:
@@ -411,12 +383,24 @@ def greedy_coreset(features: np.ndarray, count: int, *, seed: int = 0, active_si
     if x.shape[1] > CORESET_PROJECTION_DIM:
         projection = rng.standard_normal((x.shape[1], CORESET_PROJECTION_DIM)).astype(np.float32)
         x = x @ (projection / np.float32(math.sqrt(CORESET_PROJECTION_DIM)))
+    dim = x.shape[1]
     norms = np.einsum("ij,ij->i", x, x)
+    # |a - c|^2 = |a|^2 + [a, 1].[-2c, |c|^2]: rows carry a 1, picks (in pick order, so a row's
+    # missed picks are one contiguous slice) carry -2c and |c|^2, and one matrix product gives all
+    # but |a|^2, which is added after the minimum (15-25% less time than gathering and scaling the
+    # picks for every block, for 100 photos here).
+    rows = np.empty((total, dim + 1), dtype=np.float32)
+    rows[:, :dim], rows[:, dim] = x, 1.0
+    centers = np.empty((count, dim + 1), dtype=np.float32)
     picks = np.empty(count, dtype=np.int64)
-    picks[0] = int(rng.integers(total))
-    done = 1
-    bound = norms - 2.0 * (x @ x[picks[0]]) + norms[picks[0]]  # squared distance to the nearest pick
+
+    def take(i: int, row: int) -> np.ndarray:
+        picks[i], centers[i, :dim], centers[i, dim] = row, -2.0 * x[row], norms[row]
+        return centers[i]
+
+    bound = rows @ take(0, int(rng.integers(total))) + norms  # squared distance to the nearest pick
     bound[picks[0]] = -np.inf  # picked rows are never picked again, even with rounding
+    done = 1
     seen = np.ones(total, dtype=np.int64)  # bound[i] accounts for picks[: seen[i]]
     while done < count:
         if total > active_size:
@@ -428,21 +412,18 @@ def greedy_coreset(features: np.ndarray, count: int, *, seed: int = 0, active_si
         behind = behind[np.argsort(seen[behind], kind="stable")]
         for start in range(0, len(behind), 1024):  # blocks of rows that missed about the same picks
             block = behind[start : start + 1024]
-            centers = picks[seen[block[0]] : done]
-            # |a|^2 - 2a.c + |c|^2 with |a|^2 added after the minimum: two passes over the
-            # block x centers matrix instead of four (20-25% less time for 100 photos here).
-            distances = x[block] @ (-2.0 * x[centers]).T
-            distances += norms[centers]
-            bound[block] = np.minimum(bound[block], distances.min(axis=1) + norms[block])
-        xa, na, da = x[active], norms[active], bound[active]
+            missed = rows[block] @ centers[seen[block[0]] : done].T
+            bound[block] = np.minimum(bound[block], missed.min(axis=1) + norms[block])
+        ra, na, da = rows[active], norms[active], bound[active]
+        distances = np.empty_like(da)
         while done < count:
             best = int(np.argmax(da))
             if da[best] < cutoff or da[best] == -np.inf:
                 break
-            pick = int(active[best])
-            picks[done] = pick
+            np.matmul(ra, take(done, int(active[best])), out=distances)
             done += 1
-            np.minimum(da, na - 2.0 * (xa @ x[pick]) + norms[pick], out=da)
+            distances += na
+            np.minimum(da, distances, out=da)
             da[best] = -np.inf
         bound[active] = da
         seen[active] = done
@@ -477,10 +458,10 @@ class AnomalyModel:
         )
 
     @cached_property
-    def patch_index(self) -> faiss.IndexHNSWFlat:
-        """HNSW graph of the bank for scoring (module docstring), built on first use; searching
-        it is thread-safe."""
-        return _bank_graph(self.features, ef_search=SERVING_HNSW_EF)
+    def patch_index(self) -> faiss.IndexFlatL2:
+        """Exact index of the bank (a float32 copy) for scoring (module docstring), made on first
+        use; searching it is thread-safe."""
+        return _l2_index(self.features)
 
     @cached_property
     def descriptor_center(self) -> np.ndarray:
@@ -605,12 +586,13 @@ def fit_anomaly_model(
     bank32 = bank.astype(np.float32)  # calibrate on exactly the numbers that will be served
 
     calibration = np.full(n, np.nan, dtype=np.float32)
-    graph = _bank_graph(bank32, ef_search=CALIBRATION_HNSW_EF)
+    # `kept` is sorted and the patches come image by image, so image i's bank rows are one run.
+    own_rows = np.searchsorted(sources, np.arange(n + 1))
     for i in np.unique(np.linspace(0, n - 1, min(n, max_calibration_images)).round().astype(int)):
-        own = np.flatnonzero(sources == i)
-        if len(own) == len(bank32):  # every kept patch came from this image: nothing to compare against
+        start, end = own_rows[i], own_rows[i + 1]
+        if end - start == len(bank32):  # every kept patch came from this image: nothing to compare against
             continue
-        distances = _nearest_distances_excluding(graph, bank32, stack[i].reshape(h * w, dim), own)
+        distances = _nearest_distances_outside(bank32, stack[i].reshape(h * w, dim), start, end)
         calibration[i] = smooth_map(distances.reshape(h, w), input_size=input_size).max()
     scored = calibration[~np.isnan(calibration)]
     if not len(scored):

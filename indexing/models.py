@@ -206,7 +206,10 @@ class ProductAnomalyModel(models.Model):
     normal_set_sha256 = models.CharField(
         _("normal set SHA-256"),
         max_length=64,
-        help_text=_("Hash of the normal images and the feature model: equal means the next build reuses this model."),
+        help_text=_(
+            "Hash of the normal images, the feature model and the fitting method: equal means the next build "
+            "reuses this model."
+        ),
     )
     eval_set_sha256 = models.CharField(_("evaluation set SHA-256"), max_length=64, blank=True)
     reused_from = models.ForeignKey(

@@ -26,7 +26,7 @@ from catalog.models import Product
 from catalog.storage import existing_names, read_object
 from indexing import artifact_store
 from indexing.adaptation import PROJECTION_FILE, Projection, fit_adaptation
-from indexing.anomaly import AnomalyModel, PatchFeatureExtractor, auroc, fit_anomaly_model
+from indexing.anomaly import FIT_REVISION, AnomalyModel, PatchFeatureExtractor, auroc, fit_anomaly_model
 from indexing.anomaly import score as anomaly_score
 from indexing.artifacts import sha256_hex
 from indexing.calibration import calibrate_build
@@ -729,7 +729,7 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
             continue
         started = time.perf_counter()
         normals = _spread(sorted(pictures.values(), key=lambda s: s.image_id), settings.SIMSEARCH_ANOMALY_MAX_NORMALS)
-        normal_set = _set_hash(extractor.fingerprint, [s.sha256 for s in normals])
+        normal_set = _set_hash(f"{extractor.fingerprint}:fit{FIT_REVISION}", [s.sha256 for s in normals])
         defect_files = _spread(sorted(defects.get(code, {}).items()), settings.SIMSEARCH_ANOMALY_MAX_EVAL_DEFECTS)
         eval_set = _set_hash(normal_set, [sha for sha, _ in defect_files])
         previous = _reusable_anomaly_model(products[code], normal_set)

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 
 from catalog.models import DefectType, ImageType, Product
 from catalog.services import image_create
+from indexing.anomaly import FIT_REVISION
 from indexing.models import ProductAnomalyModel
 from indexing.services import index_build_activate
 from search_api.index_cache import index_cache
@@ -270,7 +271,7 @@ def test_expired_results_are_purged_and_fresh_ones_kept(any_storage, anomaly_cat
     assert anomaly_results_purge(now=timezone.now() + timedelta(hours=25)) == 0
 
 
-def test_an_unchanged_product_reuses_its_model_and_a_changed_one_is_fitted_again(anomaly_catalog, product):
+def test_an_unchanged_product_reuses_its_model_and_a_changed_one_is_fitted_again(anomaly_catalog, product, monkeypatch):
     first, _ = anomaly_catalog
     old = ProductAnomalyModel.objects.get(build=first)
     second = build_now("normal")
@@ -281,6 +282,11 @@ def test_an_unchanged_product_reuses_its_model_and_a_changed_one_is_fitted_again
     third = build_now("normal")
     changed = ProductAnomalyModel.objects.get(build=third)
     assert changed.reused_from_id is None and changed.normal_count == 7 and changed.sha256 != old.sha256
+    # A new way of fitting (anomaly.FIT_REVISION) fits the unchanged product again, once.
+    monkeypatch.setattr("indexing.services.FIT_REVISION", FIT_REVISION + 1)
+    refitted = ProductAnomalyModel.objects.get(build=build_now("normal"))
+    assert refitted.reused_from_id is None and refitted.normal_set_sha256 != changed.normal_set_sha256
+    assert ProductAnomalyModel.objects.get(build=build_now("normal")).reused_from_id == refitted.build_id
 
 
 def test_unauthenticated_is_refused(client, anomaly_catalog):
