@@ -21,9 +21,9 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
   its plain background is a tight cluster of patches that the graph's links stay inside, and
   distinctive patches (teeth) were given neighbours up to 5 units too far, twice the threshold;
   wider settings moved the misses, not removed them. Exact search costs the bank size: 10-17 ms
-  per photo for 2,048 rows (20 normal photos), 40-85 ms for 10,240 (100), about 160 ms at the
-  16,384-row cap on 2 cores. The patch map is upsampled to `input_size` and smoothed with a Gaussian (sigma 4 px at that
-  size, as PatchCore); image score = the peak of that smoothed
+  per photo for 2,048 rows (20 normal photos), 40-85 ms for 10,240 (100), about 60-160 ms at
+  the 16,384-row cap on 2 cores. The patch map is upsampled to `input_size` and smoothed with a
+  Gaussian (sigma 4 px at that size, as PatchCore); image score = the peak of that smoothed
   map (PatchCore takes the largest raw patch distance: the smoothed peak measured 0.01-0.04 higher
   image AUROC here, and it is the value the heatmap shows). The map returned is then resized to
   the photo's size.
@@ -51,14 +51,15 @@ Method (Roth et al. 2021, "Towards Total Recall in Industrial Anomaly Detection"
   The map at the photo's size is a bilinear resize of the input-size map, so its maximum can be a
   little below the score.
 
-Cost (2 CPU cores; benchmarks/anomaly_quality.py): features 20-24 ms per 256 px photo (the trunk
-runs with its batch norms folded and channels-last, 1.5x faster than plain); fitting grows with
-the patch count (the coreset compares patches with patches and the leave-one-out search each
-calibrated image with the bank), about 15-20 ms per photo for 20 photos (coreset 8-10,
-leave-one-out 8, smoothing 0.1) and 40 for 100 at the defaults on an AVX2 host;
+Cost (2 CPU cores; benchmarks/anomaly_quality.py): features 20-37 ms per 256 px photo in float32
+(the trunk runs with its batch norms folded and channels-last, 1.5x faster than plain), 10-17 ms
+in bfloat16; fitting grows with the patch count (the coreset compares patches with patches, the
+leave-one-out search each calibrated image with the bank): about 20 ms per photo for 20 photos
+(coreset 8-10, leave-one-out 8, smoothing 0.1) and 50 for 100 at the defaults on an AVX2 host.
 `max_bank_size` (16,384 rows, 6 MiB float16, plus a 12 MiB float32 copy while served) caps the
-bank, the scoring time and, with `max_calibration_images`, the calibration. The caller's stack of features is
-0.8 MB per photo (float32 32x32x192): pick at most a few hundred normals per product.
+bank, the scoring time and, with `max_calibration_images`, the calibration. The caller's stack
+of features is 0.8 MB per photo (float32 32x32x192): pick at most a few hundred normals per
+product.
 
 Determinism: untrained weights are drawn from a private generator seeded with `UNTRAINED_SEED`,
 so every process creates the same network; the fingerprint hashes the resulting parameters (not
