@@ -392,6 +392,7 @@ def greedy_coreset(features: np.ndarray, count: int, *, seed: int = 0, active_si
     # picks for every block, for 100 photos here).
     rows = np.empty((total, dim + 1), dtype=np.float32)
     rows[:, :dim], rows[:, dim] = x, 1.0
+    x = rows[:, :dim]  # one copy of the (projected) rows, not two
     centers = np.empty((count, dim + 1), dtype=np.float32)
     picks = np.empty(count, dtype=np.int64)
 
@@ -617,6 +618,7 @@ def fit_anomaly_model(
             "patches": int(len(patches)),
             "threshold_rule": f"max(leave-one-out scores) * {threshold_margin:g}",
             "calibrated_images": int(len(scored)),
+            "fit_revision": FIT_REVISION,
             "seed": seed,
         },
     )

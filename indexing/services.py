@@ -712,9 +712,10 @@ def _spread(items: list[Any], limit: int) -> list[Any]:
 def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
     """Per product with at least SIMSEARCH_ANOMALY_MIN_NORMALS distinct normal pictures: a memory
     bank of their patch features and a leave-one-out threshold, reused from an earlier build when
-    the product's normal pictures and the feature model are the same. Its image AUROC on the
-    product's defect images is carried over from that build when the defect pictures are the same
-    too, else left to _anomaly_models_evaluate (`to_evaluate`), after the build goes live."""
+    the product's normal pictures, the feature model and the fitting method (anomaly.FIT_REVISION)
+    are the same. Its image AUROC on the product's defect images is carried over from that build
+    when the defect pictures are the same too, else left to _anomaly_models_evaluate
+    (`to_evaluate`), after the build goes live."""
     extractor = current_patch_extractor()
     by_product: dict[str, dict[str, GallerySource]] = {}
     for source in kept:
@@ -795,8 +796,8 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
 
 
 def _reusable_anomaly_model(product_id: int, normal_set: str) -> tuple[bytes, ProductAnomalyModel] | None:
-    """The newest ready build's model of the same normal pictures and feature model, if its file
-    is still there and intact."""
+    """The newest ready build's model of the same normal pictures, feature model and fitting
+    method (`normal_set`), if its file is still there and intact."""
     row = (
         ProductAnomalyModel.objects.filter(
             product_id=product_id, normal_set_sha256=normal_set, build__status=BuildStatus.READY

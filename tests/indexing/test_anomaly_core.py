@@ -311,7 +311,7 @@ def test_scoring_finds_the_exact_nearest_patch_even_where_a_graph_search_gets_lo
 
     # A bank of a plain background and 100 distinctive patches (edges, teeth) far from it: the
     # kind of bank where an HNSW graph (M 16, efConstruction 40, efSearch 64) missed the nearest
-    # patch of about one distinctive query in three, and the image score is the worst patch.
+    # patch of more than one distinctive query in ten, and the image score is the worst patch.
     rng = np.random.default_rng(7)
     outliers = 3.0 * rng.normal(size=(100, 64))
     bank = _blob_and_outliers(rng, 3000, outliers)
@@ -382,7 +382,7 @@ def test_leave_one_out_scores_are_an_exact_search_without_the_image(model: Anoma
 
     # Four images of a plain background with distinctive patches, each also seen in one other
     # image: a graph search that excludes the image's own rows got lost in the background and
-    # doubled the threshold (as on the benchmark's gear).
+    # raised the threshold many times over (it tripled the benchmark's gear's).
     rng = np.random.default_rng(8)
     outliers = 3.0 * rng.normal(size=(200, 64))
     stack = np.stack(
