@@ -68,7 +68,14 @@ class IndexCache:
     # -- loading ----------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        self._checked_at = time.monotonic()
+        try:
+            self._refresh()
+        finally:
+            # Only now: a thread that finds the check fresh answers from the state at once, so
+            # until the first load is published the others must find it due and wait for the lock.
+            self._checked_at = time.monotonic()
+
+    def _refresh(self) -> None:
         if not self._started:
             self._started = True
             self._on_first_start()

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from datetime import timedelta
 
 import pytest
@@ -284,3 +285,36 @@ def test_other_threads_answer_from_the_previous_build_while_one_thread_loads_the
     other.join(timeout=20)
     assert reloaded.build_id == second.pk
     assert answered and answered[0][0] == first.pk and answered[0][1] < 2.0
+
+
+def test_requests_that_reach_a_fresh_process_while_it_loads_wait_for_the_first_load(monkeypatch, gallery):
+    """The first requests to a new worker arrive together: one loads the index, the others wait
+    for it. They were answered 503 "no active index" (3 of 327 requests in benchmarks/http_load)
+    because the loader marked the check done before the index was there."""
+    import threading
+
+    from search_api import index_cache as cache_module
+
+    build = build_now()
+    index_cache.reset()
+    loading = threading.Event()
+    real_unpack = cache_module.unpack_artifacts
+
+    def slow_unpack(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loading.set()
+        time.sleep(0.5)
+        return real_unpack(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "unpack_artifacts", slow_unpack)
+    answered = []
+
+    def second_request() -> None:
+        assert loading.wait(timeout=10)
+        answered.append(index_cache.get(engine="v2", image_type="defect"))
+
+    other = threading.Thread(target=second_request)
+    other.start()
+    first = index_cache.get(engine="v2", image_type="defect")
+    other.join(timeout=20)
+    assert first is not None and first.build_id == build.pk
+    assert len(answered) == 1 and answered[0] is not None and answered[0].build_id == build.pk
