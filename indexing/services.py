@@ -743,14 +743,15 @@ def _anomaly_models_fit(kept: list[GallerySource]) -> AnomalyModels:
                 evaluated, auroc_value = True, row.image_auroc
         else:
             # A chunk of photos at a time: only their features stay, not every file's bytes.
-            chunks = []
-            for chunk in _read_ahead(normals, lambda source: source.read()):
-                for _, photo in chunk:
-                    if isinstance(photo, Exception):  # gone since it was embedded: the build fails, serving goes on
-                        raise photo
-                chunks.append(extractor.extract([photo for _, photo in chunk]))
-            features = np.concatenate(chunks)
-            del chunks
+            per_photo = []
+            for source, value in _read_features(extractor, normals, lambda source: source.read()):
+                if value is None:  # the build fails, serving goes on
+                    raise ImageDecodeError(len(per_photo), f"normal image {source.image_id} does not decode")
+                if isinstance(value, Exception):  # gone since it was embedded: likewise
+                    raise value
+                per_photo.append(value)
+            features = np.stack(per_photo)
+            del per_photo
             model = fit_anomaly_model(
                 features,
                 feature_fingerprint=extractor.fingerprint,
@@ -859,21 +860,15 @@ def _anomaly_auroc(model: AnomalyModel, defect_files: list[tuple[str, str]]) -> 
         return None
     extractor = current_patch_extractor()
     defect_scores = []
-    for chunk in _read_ahead([name for _, name in defect_files], read_object):
-        readable = []
-        for name, photo in chunk:
-            if isinstance(photo, FileNotFoundError):
-                logger.warning("Anomaly evaluation skipped %s: it is no longer in storage", name)
-            elif isinstance(photo, Exception):
-                raise photo
-            else:
-                readable.append((name, photo))
-        features = _patch_features(extractor, [photo for _, photo in readable])
-        for (name, _), value in zip(readable, features, strict=True):
-            if value is None:
-                logger.warning("Anomaly evaluation skipped %s: it does not decode", name)
-            else:
-                defect_scores.append(anomaly_score(model, value).score)
+    for name, value in _read_features(extractor, [name for _, name in defect_files], read_object):
+        if isinstance(value, FileNotFoundError):
+            logger.warning("Anomaly evaluation skipped %s: it is no longer in storage", name)
+        elif isinstance(value, Exception):
+            raise value
+        elif value is None:
+            logger.warning("Anomaly evaluation skipped %s: it does not decode", name)
+        else:
+            defect_scores.append(anomaly_score(model, value).score)
     if not defect_scores:
         return None
     labels = [False] * len(normal_scores) + [True] * len(defect_scores)
@@ -903,6 +898,22 @@ def _read_ahead(items: Sequence[Item], read: Callable[[Item], bytes]) -> Iterato
             yield list(zip(chunk, current, strict=True))
     finally:  # a caller that stops early (an error) does not wait for the reads nobody will use
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_features(
+    extractor: PatchFeatureExtractor, items: Sequence[Item], read: Callable[[Item], bytes]
+) -> Iterator[tuple[Item, np.ndarray | Exception | None]]:
+    """(item, patch features of read(item)) for every item, in order: read ahead (_read_ahead)
+    and extracted a chunk at a time (_patch_features). In place of the features: the exception
+    of a read that failed, or None for a photo that does not decode; the caller decides what
+    either costs."""
+    for chunk in _read_ahead(items, read):
+        readable = [position for position, (_, photo) in enumerate(chunk) if not isinstance(photo, Exception)]
+        values: list[Any] = [photo for _, photo in chunk]  # the read errors stay in place
+        features = _patch_features(extractor, [values[position] for position in readable])
+        for position, value in zip(readable, features, strict=True):
+            values[position] = value
+        yield from zip((item for item, _ in chunk), values, strict=True)
 
 
 def _patch_features(extractor: PatchFeatureExtractor, photos: list[bytes]) -> list[np.ndarray | None]:
@@ -965,20 +976,13 @@ def _focus_descriptors(kept: list[GallerySource]) -> FocusArtifacts:
         first_of_hash: dict[str, GallerySource] = {}  # a picture catalogued twice is described once
         for source in by_product[code]:
             first_of_hash.setdefault(source.sha256, source)
-        for chunk in _read_ahead(list(first_of_hash.values()), lambda source: source.read()):
-            readable = []
-            for source, photo in chunk:
-                if isinstance(photo, Exception):  # gone since the embedding pass: whole-image only
-                    logger.warning("Focus search skipped image %s: %s", source.image_id, safe_reason(photo))
-                    by_hash[source.sha256] = None
-                else:
-                    readable.append((source, photo))
-            features = _patch_features(extractor, [photo for _, photo in readable])
-            for (source, _), value in zip(readable, features, strict=True):
-                by_hash[source.sha256] = None
-                if value is None:
-                    logger.warning("Focus search skipped image %s: it does not decode", source.image_id)
-                    continue
+        for source, value in _read_features(extractor, list(first_of_hash.values()), lambda source: source.read()):
+            by_hash[source.sha256] = None  # gone or undecodable since the embedding pass: whole-image only
+            if isinstance(value, Exception):
+                logger.warning("Focus search skipped image %s: %s", source.image_id, safe_reason(value))
+            elif value is None:
+                logger.warning("Focus search skipped image %s: it does not decode", source.image_id)
+            else:
                 try:
                     by_hash[source.sha256] = defect_region(model, value)
                 except Exception:
