@@ -4,11 +4,13 @@ On a CPU a forward pass of 8 images costs less than 8 passes of one (ViT-B-32 on
 17 images/s batched against 11 alone with 2 torch threads, 9 against 7 with 1), so a serving
 process whose request threads each embed their own query leaves that difference on the table.
 A `QueryBatcher` lets each request thread decode and preprocess its photo itself (in parallel),
-then hands the tensor to one worker thread that waits at most `max_wait_ms` after the first
-query for up to `max_batch` of them, runs one forward pass and gives each caller its own row.
-Waiting only pays when company comes: a query waits only if, within the last `company_window_s`,
-some query arrived while another was queued or being embedded. Searches one at a time (a single
-inspector, a line PC) go at once instead of paying `max_wait_ms` each time.
+then hands the tensor to one worker thread that gathers up to `max_batch` of them, runs one
+forward pass and gives each caller its own row. It waits for as many queries as were lately in
+flight at once, and at most `max_wait_ms` after the first query arrived or the last forward pass
+ended, whichever is later. Waiting only pays when company comes: a query waits only if, within
+the last `company_window_s`, some query arrived while another was queued or being embedded.
+Searches one at a time (a single inspector, a line PC) go at once instead of paying
+`max_wait_ms` each time.
 
 Create one per process, lazily, after any fork (`batcher_for`): a thread does not survive a fork,
 and the batcher starts its worker again in a child that inherited it."""
@@ -82,6 +84,9 @@ class QueryBatcher:
         self._worker: threading.Thread | None = None
         self._embedding = False  # a forward pass of the worker is running
         self._overlapped_at = float("-inf")  # when a query last arrived while another was queued or embedding
+        self._in_flight = 0  # queries handed in and not answered yet
+        self._peak, self._peak_at = 0, float("-inf")  # most queries in flight at once, lately
+        self._freed_at = float("-inf")  # when the last forward pass ended
 
     @property
     def enabled(self) -> bool:
@@ -97,6 +102,11 @@ class QueryBatcher:
             self._start_worker_if_needed()
             if self._pending or self._embedding:
                 self._overlapped_at = query.arrived
+            self._in_flight += 1
+            if self._in_flight >= self._peak or query.arrived - self._peak_at > self.company_window:
+                # The most queries in flight at once within the window (it decays once no arrival
+                # has matched it for a window): how many a batch can expect to gather.
+                self._peak, self._peak_at = self._in_flight, query.arrived
             self._pending.append(query)
             self._cond.notify()
         deadline = time.monotonic() + self.timeout
@@ -107,14 +117,12 @@ class QueryBatcher:
                 if self._worker is None or not self._worker.is_alive():
                     # The worker died (it re-raises BaseExceptions such as SystemExit) after taking
                     # this query or before: never wait on it. The next queries get a new worker.
-                    if query in self._pending:
-                        self._pending.remove(query)
+                    self._withdraw(query)
                     self._start_worker_if_needed()
                     break
             if time.monotonic() >= deadline:
                 with self._cond:
-                    if query in self._pending:
-                        self._pending.remove(query)
+                    self._withdraw(query)
                 raise BatcherTimeout(f"no forward pass answered this query within {self.timeout:.0f} s")
         if not query.done.is_set():
             return self.forward([tensor])
@@ -122,6 +130,12 @@ class QueryBatcher:
             raise query.error
         assert query.vector is not None
         return query.vector
+
+    def _withdraw(self, query: _Query) -> None:
+        """Under self._cond: take back a query that no forward pass has taken (its caller gives up)."""
+        if query in self._pending:
+            self._pending.remove(query)
+            self._in_flight -= 1
 
     def _start_worker_if_needed(self) -> None:
         """Under self._cond."""
@@ -133,13 +147,17 @@ class QueryBatcher:
         with self._cond:
             while not self._pending:
                 self._cond.wait()
-            # At most max_wait after the oldest query arrived: a lone query waits that long for
-            # company while queries overlap, queries that queued up while the last forward pass
-            # ran go at once.
+            # While queries overlap, wait for as many as were lately in flight at once (callers
+            # whose answers just went out come back), at most max_wait after the oldest query
+            # arrived or the last forward pass ended, whichever is later. Going at once with the
+            # queries that queued up during the last pass splits the callers into groups that
+            # then take turns in small batches for good (measured: 2.0-2.5 queries per pass with
+            # 4 callers per process, 3.1-3.5 with this rule).
             oldest = self._pending[0].arrived
             company_expected = oldest - self._overlapped_at <= self.company_window
-            deadline = oldest + (self.max_wait if company_expected else 0.0)
-            while len(self._pending) < self.max_batch:
+            deadline = max(oldest, self._freed_at) + (self.max_wait if company_expected else 0.0)
+            want = min(self.max_batch, max(1, self._peak)) if company_expected else 1
+            while len(self._pending) < want:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -163,7 +181,10 @@ class QueryBatcher:
                     raise
                 continue
             finally:
-                self._embedding = False
+                with self._cond:
+                    self._embedding = False
+                    self._freed_at = time.monotonic()
+                    self._in_flight -= len(batch)
             for row, query in enumerate(batch):
                 query.vector = vectors[row : row + 1].copy()
                 query.done.set()
