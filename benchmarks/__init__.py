@@ -1,5 +1,5 @@
 """Performance measurements (README, Performance): each module prints its table and asserts nothing."""
 
-from simsearch_project.startup import quiet_idle_blas_threads
+from simsearch_project.startup import configure_blas
 
-quiet_idle_blas_threads()  # as manage.py and the WSGI module do, before numpy loads
+configure_blas()  # as manage.py and the WSGI module do, before numpy loads

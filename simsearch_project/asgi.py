@@ -1,8 +1,8 @@
 import os
 
-from simsearch_project.startup import quiet_idle_blas_threads
+from simsearch_project.startup import configure_blas
 
-quiet_idle_blas_threads()  # before numpy loads (simsearch_project/startup.py)
+configure_blas()  # before numpy loads (simsearch_project/startup.py)
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 

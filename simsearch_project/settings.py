@@ -12,6 +12,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
 from indexing.weights import is_checkpoint_path, is_sha256_hex
+from simsearch_project.startup import configure_blas
+
+# The entry points (manage.py, WSGI, ASGI, benchmarks) do this before anything loads numpy; here
+# it reaches processes that start elsewhere (pytest, a script calling django.setup()) before the
+# apps load FAISS. The operator's own values win.
+configure_blas()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,8 @@
 import os
 
-from simsearch_project.startup import pause_collector, quiet_idle_blas_threads
+from simsearch_project.startup import configure_blas, pause_collector
 
-quiet_idle_blas_threads()  # before numpy loads
+configure_blas()  # before numpy loads
 pause_collector()  # until set-up is done (simsearch_project/startup.py)
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402

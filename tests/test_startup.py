@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from simsearch_project.startup import blas_core_type, cpu_flags
+
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = "import gc; print('collector', gc.isenabled(), gc.get_freeze_count())"
-BLAS_REPORT = "import os, sys; print('blas', os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules)"
+BLAS_REPORT = (
+    "import os, sys; print('blas', os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules, "
+    "os.environ.get('OPENBLAS_CORETYPE'))"
+)
 
 
 def output(tmp_path: Path, *args: str, **env: str) -> str:
@@ -75,8 +80,31 @@ ENTRY_POINTS = {
 def test_every_entry_point_shortens_the_idle_blas_spin_before_numpy_loads(tmp_path: Path, entry: str) -> None:
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when numpy (or FAISS) loads it: each entry
     point sets it on its first lines, and the process has loaded numpy by the time it reports."""
-    assert "blas 12 True" in output(tmp_path, *ENTRY_POINTS[entry])
+    assert f"blas 12 True {blas_core_type(cpu_flags())}" in output(tmp_path, *ENTRY_POINTS[entry])
 
 
-def test_the_operators_own_blas_setting_wins(tmp_path: Path) -> None:
-    assert "blas 20 True" in output(tmp_path, *ENTRY_POINTS["benchmarks"], OPENBLAS_THREAD_TIMEOUT="20")
+def test_the_operators_own_blas_settings_win(tmp_path: Path) -> None:
+    text = output(tmp_path, *ENTRY_POINTS["benchmarks"], OPENBLAS_THREAD_TIMEOUT="20", OPENBLAS_CORETYPE="Prescott")
+    assert "blas 20 True Prescott" in text
+
+
+def test_blas_kernels_follow_the_cpus_instruction_sets(tmp_path: Path) -> None:
+    avx512 = "fpu sse2 avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16 amx_tile"
+    zen3 = "fpu sse2 sse4_2 avx avx2 fma bmi2"
+    for flags, expected in ((avx512, "SkylakeX"), (zen3, "Haswell"), ("fpu sse2 sse4_2 avx", None), ("", None)):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        assert blas_core_type(cpu_flags(str(cpuinfo))) == expected, flags
+    assert cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_faiss_and_numpy_run_the_chosen_blas_kernels(tmp_path: Path) -> None:
+    """FAISS's wheel bundles an OpenBLAS older than recent CPUs: left to itself it runs generic
+    SSE3 kernels there ("Core: Prescott"), 5-6 times slower than numpy's copy. Both copies say
+    which kernels they load (OPENBLAS_VERBOSE=2)."""
+    expected = blas_core_type(cpu_flags())
+    if expected is None:
+        pytest.skip("this CPU has neither AVX-512 nor AVX2: OpenBLAS chooses its own kernels")
+    text = output(tmp_path, "-c", "import benchmarks.common, faiss, numpy", OPENBLAS_VERBOSE="2")
+    cores = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Core:")]
+    assert len(cores) == 2 and set(cores) == {expected}, text
