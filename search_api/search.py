@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,24 @@ def search_embedder() -> Embedder:
             ),
             code="model_unavailable",
         ) from exc
+
+
+def warm_up() -> None:
+    """Load what the first search needs (the query model, the active indexes) ahead of it: a
+    serving process calls this in a thread once it has started (gunicorn's post_worker_init),
+    so that the first searches after a restart do not each wait seconds for the model. A search
+    that arrives meanwhile waits for the same load (both loaders hold a lock); a failure here is
+    only logged, and the first search meets it again and answers with its usual error."""
+    started = time.monotonic()
+    try:
+        index_cache.refresh_if_due()
+        search_embedder()
+    except ServiceUnavailable as exc:  # search_embedder has logged why
+        logger.warning("Warming up the serving process failed (%s); the first search will try again", exc)
+    except Exception:
+        logger.exception("Warming up the serving process failed; the first search will try again")
+    else:
+        logger.info("Serving process warmed up in %.1f s", time.monotonic() - started)
 
 
 def undecodable_query(exc: Exception) -> ServiceError:

@@ -15,7 +15,7 @@ import requests
 from rest_framework.authtoken.models import Token
 
 from tests.conftest import ROOT, running_gunicorn
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, wait_until
 from tests.indexing.conftest import add_images, build_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -107,3 +107,26 @@ def test_bad_batching_settings_stop_the_server_naming_the_setting(tmp_path: Path
         timeout=120,
     )
     assert result.returncode != 0 and name in result.stderr, result.stderr[-500:]
+
+
+def test_each_worker_loads_the_model_and_index_before_its_first_search(
+    tmp_path: Path, django_user_model, product, scratch
+) -> None:  # type: ignore[no-untyped-def]
+    """The production config warms every worker up in the background (post_worker_init): the
+    first searches after a restart do not each wait for the model, and nothing loads twice."""
+    add_images(product, scratch, 6)
+    assert build_now().status == "ready"
+    staff = django_user_model.objects.create_user("lead", is_staff=True, is_superuser=True)
+    token = Token.objects.create(user=staff).key
+    log = tmp_path / "gunicorn.log"
+
+    def count(pattern: str) -> int:
+        return len(re.findall(pattern, log.read_text(errors="replace")))
+
+    with running_gunicorn(log, workers=2, GUNICORN_CMD_ARGS="-c python:simsearch_project.gunicorn_conf") as base:
+        wait_until(lambda: count(r"Serving process warmed up") == 2, timeout=90)
+        assert count(r"indexing.embedder: Loaded ") == 2  # one model per worker, no search yet
+        assert count(r"Serving v2 defect index from build") == 2
+        for seed in range(6):  # whichever worker answers, it has loaded everything already
+            assert search(base, token, image_bytes(seed=950 + seed, size=(80, 60)))
+        assert count(r"indexing.embedder: Loaded ") == 2
