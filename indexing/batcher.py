@@ -55,7 +55,7 @@ class _Query:
 
 class QueryBatcher:
     """`embed(tensor)` -> that tensor's (1, dim) row of `forward([...])`, batched with the queries of
-    other threads that arrive within `max_wait_ms` (module docstring: only while queries overlap).
+    other threads (module docstring: how long it waits for them, and only while queries overlap).
     `max_batch` <= 1 switches batching off: each call runs its own forward pass in the caller's
     thread."""
 

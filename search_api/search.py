@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
+from django.db import connection
 from django.utils.translation import gettext as _
 
 from indexing.artifacts import LoadedIndex
@@ -88,6 +89,8 @@ def warm_up() -> None:
         logger.exception("Warming up the serving process failed; the first search will try again")
     else:
         logger.info("Serving process warmed up in %.1f s", time.monotonic() - started)
+    finally:
+        connection.close()  # this thread's own; no request will close it
 
 
 def undecodable_query(exc: Exception) -> ServiceError:

@@ -118,27 +118,27 @@ def test_a_lone_query_waits_at_most_max_wait_for_company_and_only_while_queries_
 
 def test_callers_whose_answers_come_back_at_different_speeds_stay_in_one_batch() -> None:
     """Four callers in a closed loop, as clients of one serving process: two send their next query
-    10 ms after their answer, two after 100 ms, longer than max_wait. Going at once with whoever
+    20 ms after their answer, two after 200 ms, longer than max_wait. Going at once with whoever
     queued during the last pass splits them into two pairs that take turns in batches of 2 for
     good; the batcher waits (at most max_wait after the pass) for as many as were in flight
     together, so the pairs share a pass at least every other time."""
-    forward = RecordingForward(delay=0.08)
-    batcher = QueryBatcher(forward, max_batch=8, max_wait_ms=60, timeout_s=5)
-    stop = time.monotonic() + 3
+    forward = RecordingForward(delay=0.16)
+    batcher = QueryBatcher(forward, max_batch=8, max_wait_ms=120, timeout_s=5)
+    stop = time.monotonic() + 5
 
     def caller(i: int) -> int:
         answered = 0
         while time.monotonic() < stop:
             assert float(batcher.embed(torch.tensor(float(i)))[0, 0]) == i
             answered += 1
-            time.sleep(0.01 if i < 2 else 0.1)
+            time.sleep(0.02 if i < 2 else 0.2)
         return answered
 
     results = at_once(4, caller)
     assert all(isinstance(answered, int) and answered >= 5 for answered in results.values()), results
     settled = forward.sizes[2:-2]  # after the start, before the callers stop one by one
     # This rule: 4, 2, 4, 2, ... (mean 3); going at once: 4, 2, 2, 2, 4, 2, 2, 2, ... (mean 2.5).
-    assert settled and sum(settled) / len(settled) >= 2.8, forward.sizes
+    assert settled and sum(settled) / len(settled) >= 2.75, forward.sizes
 
 
 def test_an_error_in_the_forward_pass_reaches_every_caller_and_the_next_call_works() -> None:
