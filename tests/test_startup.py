@@ -76,6 +76,11 @@ ENTRY_POINTS = {
 }
 
 
+def loaded_blas_cores(text: str) -> list[str]:
+    """The kernel family each OpenBLAS copy reported as it loaded (OPENBLAS_VERBOSE=2)."""
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Core:")]
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_shortens_the_idle_blas_spin_before_numpy_loads(tmp_path: Path, entry: str) -> None:
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when numpy (or FAISS) loads it: each entry
@@ -84,8 +89,7 @@ def test_every_entry_point_shortens_the_idle_blas_spin_before_numpy_loads(tmp_pa
     text = output(tmp_path, *ENTRY_POINTS[entry], OPENBLAS_VERBOSE="2")
     assert f"blas 12 True {expected}" in text
     if expected:  # what the loaded OpenBLAS says it runs, not only the environment
-        cores = {line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Core:")}
-        assert cores == {expected}, text
+        assert set(loaded_blas_cores(text)) == {expected}, text
 
 
 def test_the_operators_own_blas_settings_win(tmp_path: Path) -> None:
@@ -111,5 +115,5 @@ def test_faiss_and_numpy_run_the_chosen_blas_kernels(tmp_path: Path) -> None:
     if expected is None:
         pytest.skip("this CPU has neither AVX-512 nor AVX2: OpenBLAS chooses its own kernels")
     text = output(tmp_path, "-c", "import benchmarks.common, faiss, numpy", OPENBLAS_VERBOSE="2")
-    cores = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Core:")]
+    cores = loaded_blas_cores(text)
     assert len(cores) == 2 and set(cores) == {expected}, text
